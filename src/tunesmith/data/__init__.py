@@ -1,0 +1,1 @@
+"""Reading, mapping, splitting and reporting the data a method trains on."""

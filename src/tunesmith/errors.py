@@ -1,0 +1,5 @@
+"""The one exception type a user sees: the CLI prints its message without a traceback."""
+
+
+class TunesmithError(Exception):
+    """A user mistake or an environment problem, with a message that says what to do about it."""

@@ -1,0 +1,1 @@
+"""Scoring a tuned model against its untuned baseline on the same test set."""

@@ -1,0 +1,89 @@
+"""Matplotlib figures as base64 PNGs, embedded in the report so it is one self-contained file."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def loss_curves(metrics: list[dict]) -> str | None:
+    train = [m for m in metrics if "loss" in m and "split" not in m]
+    val = [m for m in metrics if m.get("split") == "val"]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot([m["step"] for m in train], [m["loss"] for m in train], label="train loss", lw=1.4)
+    if val:
+        ax.plot([m["step"] for m in val], [m["loss"] for m in val], "o-", label="val loss", lw=1.4)
+        for key in ("accuracy", "macro_f1"):
+            if key in val[0]:
+                ax2 = ax.twinx()
+                ax2.plot([m["step"] for m in val], [m[key] for m in val], "s--", color="tab:green", label=f"val {key}")
+                ax2.set_ylabel(f"val {key}")
+                ax2.legend(loc="center right")
+                break
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def confusion(matrix: list[list[int]], labels: list[str]) -> str:
+    n = len(labels)
+    size = min(12, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=8 if n > 12 else 10)
+    ax.set_yticks(range(n), labels, fontsize=8 if n > 12 else 10)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        peak = max(max(r) for r in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _png(fig)
+
+
+def reliability_diagram(curves: dict[str, list[dict]]) -> str:
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
+    for name, bins in curves.items():
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=name)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def length_histograms(text_chars: dict) -> str | None:
+    stats = {k: v for k, v in text_chars.items() if v}
+    if not stats:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    for name, s in stats.items():
+        h = s["histogram"]
+        xs = [i * h["bin_width"] for i in range(len(h["counts"]))]
+        ax.step(xs, h["counts"], where="post", label=name)
+    ax.set_xlabel("text length (characters)")
+    ax.set_ylabel("rows")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)

@@ -1,0 +1,214 @@
+"""The one training loop. Every method hands it a Task (model, batches, loss, evaluate); the numerics that
+must never drift between methods live here once: loss normalisation over accumulation, example counting,
+the LR schedule, clipping, precision, early stopping, checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunesmith.config import TrainConfig
+from tunesmith.errors import TunesmithError
+from tunesmith.train.checkpoint import list_checkpoints, load_checkpoint, load_trainable, save_checkpoint, save_weights
+from tunesmith.train.optim import build_optimizer, lr_at, warmup_steps
+from tunesmith.train.precision import autocast, pick_device, pick_precision
+from tunesmith.train.progress import Progress
+
+Batch = dict[str, torch.Tensor | int]
+
+
+@dataclass
+class Task:
+    """What a method hands the loop.
+
+    batches(epoch) must return the same micro-batches for the same epoch every time (resume relies on it);
+    each batch carries "n", the loss denominator (examples or tokens), and "examples".
+    loss(model, batch) returns the loss *summed* over the batch; the loop divides by the accumulated n.
+    """
+
+    model: torch.nn.Module
+    batches: Callable[[int], list[Batch]]
+    loss: Callable[[torch.nn.Module, Batch], torch.Tensor]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    head_names: tuple[str, ...] = ()  # parameter-name parts that get train.head_lr
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs_done: float
+    examples: int
+    train_seconds: float
+    precision: str
+    precision_reason: str
+    device: str
+    best: dict | None = None  # validation metrics of the restored best evaluation
+    last_eval: dict | None = None
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.train_seconds if self.train_seconds else 0.0
+
+
+def _better(value: float, best: float | None, metric: str, min_delta: float) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if metric == "loss" else value > best + min_delta
+
+
+def _move(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class MetricsLog:
+    """metrics.jsonl (one line per logged step and per evaluation) and TensorBoard, side by side."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # Lines written after the checkpoint we resume from would be written again: drop them.
+            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.file = self.path.open("a")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        prefix = row.get("split", "train")
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> FitResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    precision, reason = pick_precision(cfg.precision, device)
+    model = task.model.to(device)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr,
+                                head_names=task.head_names, device=device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    micro_per_epoch = len(task.batches(0))
+    if micro_per_epoch == 0:
+        raise TunesmithError("no training batches: the training split is empty")
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total = max(1, math.floor(cfg.epochs * steps_per_epoch))
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = warmup_steps(cfg.warmup, total)
+    eval_every = cfg.eval_every or steps_per_epoch
+    stop_cfg = cfg.early_stopping
+
+    ckpt_dir = run_dir / "checkpoints"
+    state = {"step": 0, "epoch": 0, "batch": 0, "examples": 0, "train_seconds": 0.0,
+             "best": None, "best_metrics": None, "bad_evals": 0, "last_eval": None, "stopped_early": False}
+    if resume:
+        found = list_checkpoints(ckpt_dir)
+        if not found:
+            raise TunesmithError(f"nothing to resume: {ckpt_dir} holds no complete checkpoint")
+        state = load_checkpoint(found[-1], model, optimizer)
+    log = MetricsLog(run_dir, state["step"] if resume else None)
+    log.write({"step": state["step"], "split": "setup", "precision": precision, "precision_reason": reason,
+               "device": str(device), "total_steps": total, "warmup_steps": warmup, "resumed": resume})
+    progress = Progress(total, quiet=quiet, start=state["step"])
+    model.train()
+    running, running_n = 0.0, 0
+    try:
+        while state["step"] < total and not state["stopped_early"]:
+            epoch = state["epoch"]
+            batches = task.batches(epoch)
+            while state["epoch"] == epoch and state["step"] < total and not state["stopped_early"]:
+                group = batches[state["batch"]: state["batch"] + cfg.grad_accum]
+                started = time.perf_counter()
+                lr = lr_at(state["step"], warmup=warmup, total=total, peak=cfg.lr, schedule=cfg.schedule)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * g["base_lr"] / cfg.lr
+                denom = sum(int(b["n"]) for b in group)
+                step_loss = 0.0
+                for batch in group:
+                    with autocast(device, precision):
+                        loss = task.loss(model, _move(batch, device)) / denom
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    step_loss += loss.item()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+                             if cfg.max_grad_norm else None)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                examples = sum(int(b["examples"]) for b in group)
+                state["train_seconds"] += time.perf_counter() - started
+                state["examples"] += examples
+                state["step"] += 1
+                state["batch"] += len(group)
+                if state["batch"] >= len(batches):
+                    state["epoch"], state["batch"] = state["epoch"] + 1, 0
+                running, running_n = running + step_loss, running_n + 1
+                step = state["step"]
+                speed = state["examples"] / max(state["train_seconds"], 1e-9)
+                progress.update(step, running / running_n, speed)
+                if step % cfg.log_every == 0 or step == total:
+                    log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": running / running_n,
+                               "lr": lr, "grad_norm": grad_norm, "examples_per_s": speed})
+                    running, running_n = 0.0, 0
+                if task.evaluate and (step % eval_every == 0 or step == total):
+                    _evaluate(task, model, state, stop_cfg, log, progress, ckpt_dir)
+                if step % cfg.checkpoint_every == 0 and step < total:
+                    save_checkpoint(ckpt_dir, model, optimizer, state, cfg.keep_checkpoints)
+    finally:
+        progress.close()
+        log.close()
+    if stop_cfg and state["best_metrics"] is not None:
+        from safetensors.torch import load_file
+
+        load_trainable(model, load_file(ckpt_dir / "best" / "weights.safetensors"))
+    return FitResult(steps=state["step"], epochs_done=state["step"] / steps_per_epoch, examples=state["examples"],
+                     train_seconds=state["train_seconds"], precision=precision, precision_reason=reason,
+                     device=str(device), best=state["best_metrics"], last_eval=state["last_eval"],
+                     stopped_early=state["stopped_early"])
+
+
+def _evaluate(task: Task, model: torch.nn.Module, state: dict, stop_cfg, log: MetricsLog, progress: Progress,
+              ckpt_dir: Path) -> None:
+    model.eval()
+    with torch.no_grad():
+        metrics = task.evaluate(model)
+    model.train()
+    state["last_eval"] = metrics
+    log.write({"step": state["step"], "split": "val", **metrics})
+    progress.note(f"step {state['step']}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+    if not stop_cfg:
+        return
+    if stop_cfg.metric not in metrics:
+        raise TunesmithError(f"train.early_stopping.metric {stop_cfg.metric!r} is not a validation metric; "
+                             f"choose one of {sorted(metrics)}")
+    value = metrics[stop_cfg.metric]
+    if _better(value, state["best"], stop_cfg.metric, stop_cfg.min_delta):
+        state["best"], state["best_metrics"], state["bad_evals"] = value, {"step": state["step"], **metrics}, 0
+        save_weights(model, ckpt_dir / "best")
+    else:
+        state["bad_evals"] += 1
+        if state["bad_evals"] >= stop_cfg.patience:
+            state["stopped_early"] = True
+            progress.note(f"early stop at step {state['step']}: no better {stop_cfg.metric} in {stop_cfg.patience} evaluations")

@@ -1,0 +1,112 @@
+"""The loop on a tiny model: numerics (accumulation), early stopping, checkpoints and exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from tunesmith.config import EarlyStopping, TrainConfig
+from tunesmith.train.checkpoint import list_checkpoints
+from tunesmith.train.loop import Task, fit
+
+
+def toy_task(seed: int = 0, batch: int = 8, n: int = 64, dropout: float = 0.0) -> Task:
+    """A small MLP on a fixed synthetic problem; batches are a pure function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(dropout), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def batches(epoch):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        return [{"x": x[order[i:i + batch]], "y": y[order[i:i + batch]], "n": len(order[i:i + batch]),
+                 "examples": len(order[i:i + batch])} for i in range(0, n, batch)]
+
+    def loss(m, b):
+        return torch.nn.functional.cross_entropy(m(b["x"]), b["y"], reduction="sum")
+
+    def evaluate(m):
+        pred = m(x).argmax(-1)
+        return {"loss": torch.nn.functional.cross_entropy(m(x), y).item(), "accuracy": (pred == y).float().mean().item()}
+
+    return Task(model=model, batches=batches, loss=loss, evaluate=evaluate)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=8, lr=0.05, warmup=0, precision="fp32", log_every=1, checkpoint_every=1000)
+    return TrainConfig(**(base | kw))
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_loss_falls_and_metrics_are_logged(tmp_path):
+    task = toy_task()
+    result = fit(task, cfg(), tmp_path, quiet=True)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r and "split" not in r]
+    assert train[-1]["loss"] < train[0]["loss"] and result.steps == 24
+    assert [r["step"] for r in rows if r.get("split") == "val"] == [8, 16, 24]
+    assert result.last_eval["accuracy"] > 0.8 and (tmp_path / "tb").is_dir()
+
+
+def test_accumulation_normalises_over_the_whole_group(tmp_path):
+    """Batches of 8 with 2 accumulation steps == batches of 16: the same update, up to float rounding."""
+    a = toy_task(batch=16)
+    fit(a, cfg(epochs=1, batch_size=16, max_grad_norm=None), tmp_path / "a", quiet=True)
+    b = toy_task(batch=8)
+
+    def paired(epoch):  # the same 16-example groups as task a, split in halves
+        big = a.batches(epoch)
+        return [{"x": t["x"][h], "y": t["y"][h], "n": 8, "examples": 8} for t in big for h in (slice(0, 8), slice(8, 16))]
+
+    b.batches = paired
+    fit(b, cfg(epochs=1, batch_size=8, grad_accum=2, max_grad_norm=None), tmp_path / "b", quiet=True)
+    assert torch.allclose(weights(a.model), weights(b.model), atol=1e-6)
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    task = toy_task()
+    result = fit(task, cfg(epochs=30, lr=0.5, eval_every=1, early_stopping=EarlyStopping(metric="loss", patience=3)), tmp_path, quiet=True)
+    assert result.stopped_early and result.steps < 240
+    best_step = result.best["step"]
+    assert result.steps == best_step + 3
+    assert task.evaluate(task.model)["loss"] == pytest.approx(result.best["loss"], rel=1e-5)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    fit(toy_task(), cfg(checkpoint_every=4, keep_checkpoints=2), tmp_path, quiet=True)
+    (tmp_path / "checkpoints" / ".step-99.tmp").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-16", "step-20"]
+
+
+def test_resume_ends_with_the_same_weights(tmp_path):
+    """A crash in step 11 (the checkpoint of step 8 survives), then resume: identical to an uninterrupted run."""
+    full = toy_task(dropout=0.2)
+    fit(full, cfg(checkpoint_every=4), tmp_path / "full", quiet=True)
+
+    cut = toy_task(dropout=0.2)
+    calls = {"n": 0}
+    plain_loss = cut.loss
+
+    def crashing_loss(m, b):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise RuntimeError("killed")
+        return plain_loss(m, b)
+
+    cut.loss = crashing_loss
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(cut, cfg(checkpoint_every=4), tmp_path / "cut", quiet=True)
+    assert list_checkpoints(tmp_path / "cut" / "checkpoints")[-1].name == "step-8"
+
+    resumed = toy_task(seed=0, dropout=0.2)
+    torch.manual_seed(999)  # the resumed process starts with other RNG state; the checkpoint must restore it
+    result = fit(resumed, cfg(checkpoint_every=4), tmp_path / "cut", resume=True, quiet=True)
+    assert result.steps == 24
+    assert torch.equal(weights(full.model), weights(resumed.model))
+    rows = [json.loads(ln) for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r and "split" not in r]
+    assert steps == list(range(1, 25)), "steps logged after the checkpoint are dropped, then logged once more"

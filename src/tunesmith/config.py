@@ -27,6 +27,7 @@ class DataConfig(Strict):
     delimiter: str | None = Field(None, min_length=1, max_length=1)  # overrides the format's delimiter
     columns: list[str] | None = None  # names for a headerless delimited file, in order
     encoding: str = "auto"  # "auto" detects it (UTF-8, latin-1, cp1252, ...)
+    split_column: str | None = None  # a column saying train / val (validation, dev) / test for each row of data.train
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_rows: int | None = Field(None, gt=0)  # read at most this many rows per file (quick trials)

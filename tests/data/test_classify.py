@@ -76,3 +76,14 @@ def test_sample_is_seeded(fixtures):
     a, b = prepare(cfg, seed=3), prepare(cfg, seed=3)
     assert len(a.splits["train"]) + len(a.splits["test"]) == 200
     assert a.splits["train"].texts == b.splits["train"].texts
+
+
+def test_split_column(tmp_path):
+    p = tmp_path / "d.csv"
+    rows = [f"t{i},{'ab'[i % 2]},{['train', 'train', 'Validation', 'test'][i % 4]}" for i in range(40)]
+    p.write_text("text,label,part\n" + "\n".join(rows) + "\n")
+    prep = prepare(DataConfig(train=str(p), split_column="part"), seed=0)
+    assert {k: len(v) for k, v in prep.splits.items()} == {"train": 20, "val": 10, "test": 10}
+    p.write_text("text,label,part\nx,a,train\ny,b,holdout\n")
+    with pytest.raises(TunesmithError, match=r"'part' is 'holdout', not one of train, val, test"):
+        prepare(DataConfig(train=str(p), split_column="part"), seed=0)

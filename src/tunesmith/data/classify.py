@@ -20,6 +20,7 @@ SPLITS = ("train", "val", "test")
 class Split:
     texts: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # per-row split names, when read with a split column
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -45,8 +46,16 @@ def normalise(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def read_split(path: str, cfg: DataConfig, text_col: str | None = None, label_col: str | None = None) -> tuple[Split, dict]:
-    """Read one file or folder into texts and labels; malformed rows fail or are skipped and counted."""
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
+               "test": "test", "testing": "test"}
+
+
+def read_split(path: str, cfg: DataConfig, text_col: str | None = None, label_col: str | None = None,
+               split_col: str | None = None) -> tuple[Split, dict]:
+    """Read one file or folder into texts and labels; malformed rows fail or are skipped and counted.
+
+    With `split_col`, each kept row's split name ("train", "val" or "test") is in the returned Split's `parts`.
+    """
     text_col, label_col = text_col or cfg.text, label_col or cfg.label
     split, skipped, examples = Split(), Counter(), []
     records = read_records(path, fmt=cfg.format, delimiter=cfg.delimiter, columns=cfg.columns,
@@ -56,7 +65,7 @@ def read_split(path: str, cfg: DataConfig, text_col: str | None = None, label_co
         problem = rec.error
         if rec.fields is not None:
             if not seen_columns:
-                missing = [c for c in (text_col, label_col) if c not in rec.fields]
+                missing = [c for c in (text_col, label_col, split_col) if c and c not in rec.fields]
                 if missing:
                     have = ", ".join(map(str, rec.fields)) or "(none)"
                     raise TunesmithError(
@@ -65,6 +74,9 @@ def read_split(path: str, cfg: DataConfig, text_col: str | None = None, label_co
                     )
                 seen_columns = True
             problem = _check(rec.fields, text_col, label_col)
+            if not problem and split_col:
+                part = SPLIT_NAMES.get(str(rec.fields.get(split_col, "")).strip().lower())
+                problem = None if part else f"{split_col!r} is {rec.fields.get(split_col)!r}, not one of train, val, test"
         if problem:
             if cfg.on_error == "fail":
                 raise TunesmithError(f"{rec.where}: {problem} (set data.on_error: skip to skip and count such rows)")
@@ -74,6 +86,8 @@ def read_split(path: str, cfg: DataConfig, text_col: str | None = None, label_co
             continue
         split.texts.append(str(rec.fields[text_col]).strip())
         split.labels.append(_label_str(rec.fields[label_col]))
+        if split_col:
+            split.parts.append(SPLIT_NAMES[str(rec.fields[split_col]).strip().lower()])
         if cfg.max_rows and len(split) >= cfg.max_rows:
             break
     report = {"path": str(path), "rows_read": len(split) + sum(skipped.values()), "rows_kept": len(split),
@@ -126,7 +140,16 @@ def prepare(cfg: DataConfig, seed: int) -> Prepared:
     for name in SPLITS:
         path = getattr(cfg, name)
         if path:
-            splits[name], report["files"][name] = read_split(path, cfg)
+            splits[name], report["files"][name] = read_split(path, cfg, split_col=cfg.split_column if name == "train" else None)
+    if cfg.split_column:
+        whole = splits.pop("train")
+        for name in SPLITS:
+            idx = [i for i, part in enumerate(whole.parts) if part == name]
+            if idx and name not in splits:
+                splits[name] = whole.subset(idx)
+        if "train" not in splits:
+            raise TunesmithError(f"{cfg.train}: no row has {cfg.split_column!r} = train")
+        report["split_from"] = f"column {cfg.split_column!r}"
     train = splits["train"]
     if cfg.sample and cfg.sample < len(train):
         picked = sorted(random.Random(seed).sample(range(len(train)), cfg.sample))

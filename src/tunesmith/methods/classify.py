@@ -50,6 +50,7 @@ def build_model(model_dir, labels: list[str], cfg: RunConfig) -> torch.nn.Module
 def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLora, TaskType, get_peft_model
 
+    zoo.quiet_transformers()
     peft_cfg = PeftLora(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.targets)
     return get_peft_model(model, peft_cfg)

@@ -99,7 +99,14 @@ class MetricsLog:
 def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> FitResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    precision, reason = pick_precision(cfg.precision, device)
+    ckpt_dir = run_dir / "checkpoints"
+    found = list_checkpoints(ckpt_dir) if resume else []
+    if resume and not found:
+        raise TunesmithError(f"nothing to resume: {ckpt_dir} holds no complete checkpoint")
+    if found:  # keep the original run's choice: a timing probe may answer differently this time
+        precision, reason = torch.load(found[-1] / "state.pt", weights_only=False)["loop"]["precision"], "as before resuming"
+    else:
+        precision, reason = pick_precision(cfg.precision, device)
     model = task.model.to(device)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr,
                                 head_names=task.head_names, device=device)
@@ -116,13 +123,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     eval_every = cfg.eval_every or steps_per_epoch
     stop_cfg = cfg.early_stopping
 
-    ckpt_dir = run_dir / "checkpoints"
-    state = {"step": 0, "epoch": 0, "batch": 0, "examples": 0, "train_seconds": 0.0,
+    state = {"step": 0, "epoch": 0, "batch": 0, "examples": 0, "train_seconds": 0.0, "precision": precision,
              "best": None, "best_metrics": None, "bad_evals": 0, "last_eval": None, "stopped_early": False}
-    if resume:
-        found = list_checkpoints(ckpt_dir)
-        if not found:
-            raise TunesmithError(f"nothing to resume: {ckpt_dir} holds no complete checkpoint")
+    if found:
         state = load_checkpoint(found[-1], model, optimizer)
     log = MetricsLog(run_dir, state["step"] if resume else None)
     log.write({"step": state["step"], "split": "setup", "precision": precision, "precision_reason": reason,
@@ -130,13 +133,13 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     progress = Progress(total, quiet=quiet, start=state["step"])
     model.train()
     running, running_n = 0.0, 0
+    clock = time.perf_counter()  # train_seconds: wall time of the loop (batching and checkpoints included)
     try:
         while state["step"] < total and not state["stopped_early"]:
             epoch = state["epoch"]
             batches = task.batches(epoch)
             while state["epoch"] == epoch and state["step"] < total and not state["stopped_early"]:
                 group = batches[state["batch"]: state["batch"] + cfg.grad_accum]
-                started = time.perf_counter()
                 lr = lr_at(state["step"], warmup=warmup, total=total, peak=cfg.lr, schedule=cfg.schedule)
                 for g in optimizer.param_groups:
                     g["lr"] = lr * g["base_lr"] / cfg.lr
@@ -157,15 +160,14 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 else:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                examples = sum(int(b["examples"]) for b in group)
-                state["train_seconds"] += time.perf_counter() - started
-                state["examples"] += examples
+                state["examples"] += sum(int(b["examples"]) for b in group)
                 state["step"] += 1
                 state["batch"] += len(group)
                 if state["batch"] >= len(batches):
                     state["epoch"], state["batch"] = state["epoch"] + 1, 0
                 running, running_n = running + step_loss, running_n + 1
                 step = state["step"]
+                state["train_seconds"], clock = state["train_seconds"] + time.perf_counter() - clock, time.perf_counter()
                 speed = state["examples"] / max(state["train_seconds"], 1e-9)
                 progress.update(step, running / running_n, speed)
                 if step % cfg.log_every == 0 or step == total:
@@ -174,6 +176,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     running, running_n = 0.0, 0
                 if task.evaluate and (step % eval_every == 0 or step == total):
                     _evaluate(task, model, state, stop_cfg, log, progress, ckpt_dir)
+                    clock = time.perf_counter()  # validation is not training time
                 if step % cfg.checkpoint_every == 0 and step < total:
                     save_checkpoint(ckpt_dir, model, optimizer, state, cfg.keep_checkpoints)
     finally:

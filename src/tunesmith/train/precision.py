@@ -27,7 +27,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 def _time_step(dtype: torch.dtype | None, reps: int = 3) -> float:
     """Seconds for a small training-shaped step (matmuls, GELU, layer norm, backward) under autocast."""
     gen = torch.Generator().manual_seed(0)
-    layer = torch.nn.Sequential(torch.nn.Linear(384, 1536), torch.nn.GELU(), torch.nn.Linear(1536, 384), torch.nn.LayerNorm(384))
+    with torch.random.fork_rng(devices=[]):  # the probe must not move the training RNG
+        layer = torch.nn.Sequential(
+            torch.nn.Linear(384, 1536), torch.nn.GELU(), torch.nn.Linear(1536, 384), torch.nn.LayerNorm(384))
     x = torch.randn(512, 384, generator=gen)
     best = float("inf")
     for _ in range(reps + 1):

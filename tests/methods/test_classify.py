@@ -1,0 +1,29 @@
+import numpy as np
+import torch
+
+from tunesmith.config import config_from_dict
+from tunesmith.methods.classify import build_model, order_batches
+
+
+def test_grouped_batches_pad_little_and_cover_every_row_once():
+    lengths = np.random.default_rng(0).integers(3, 60, 3200)
+    batches = order_batches(lengths, 32, seed=5, group_by_length=True)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(3200))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    random_padded = sum(len(b) * lengths[b].max() for b in order_batches(lengths, 32, seed=5, group_by_length=False))
+    assert padded < 0.6 * random_padded
+    assert [b.tolist() for b in batches] == [b.tolist() for b in order_batches(lengths, 32, seed=5, group_by_length=True)]
+
+
+def test_lora_trains_only_the_adapter_and_the_head(tiny_model):
+    cfg = config_from_dict({"model": str(tiny_model), "data": {"train": "x"}, "lora": {"r": 4, "alpha": 8}})
+    model = build_model(tiny_model, ["neg", "pos"], cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    assert any("classifier" in n for n in trainable)
+
+
+def test_dropout_override_reaches_every_dropout(tiny_model):
+    cfg = config_from_dict({"model": str(tiny_model), "data": {"train": "x"}, "train": {"dropout": 0.3}})
+    model = build_model(tiny_model, ["a", "b"], cfg)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}

@@ -17,13 +17,12 @@ def test_grouped_batches_pad_little_and_cover_every_row_once():
 
 def test_lora_trains_only_the_adapter_and_the_head(tiny_model):
     cfg = config_from_dict({"model": str(tiny_model), "data": {"train": "x"}, "lora": {"r": 4, "alpha": 8}})
-    model = build_model(tiny_model, ["neg", "pos"], cfg)
+    model = build_model(tiny_model, ["neg", "pos"], lora=cfg.lora)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     assert any("classifier" in n for n in trainable)
 
 
 def test_dropout_override_reaches_every_dropout(tiny_model):
-    cfg = config_from_dict({"model": str(tiny_model), "data": {"train": "x"}, "train": {"dropout": 0.3}})
-    model = build_model(tiny_model, ["a", "b"], cfg)
+    model = build_model(tiny_model, ["a", "b"], dropout=0.3)
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}

@@ -31,20 +31,18 @@ def set_dropout(config, p: float) -> None:
             setattr(config, key, p)
 
 
-def build_model(model_dir, labels: list[str], cfg: RunConfig) -> torch.nn.Module:
+def build_model(model_dir, labels: list[str], *, dropout: float | None = None, lora: LoraConfig | None = None) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     zoo.quiet_transformers()
     config = AutoConfig.from_pretrained(model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
                                         label2id={name: i for i, name in enumerate(labels)})
-    if cfg.train.dropout is not None:
-        set_dropout(config, cfg.train.dropout)
+    if dropout is not None:
+        set_dropout(config, dropout)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         model.config.pad_token_id = model.config.eos_token_id
-    if cfg.lora:
-        model = add_lora(model, cfg.lora)
-    return model
+    return add_lora(model, lora) if lora else model
 
 
 def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
@@ -89,24 +87,28 @@ class Encoded:
 
 
 def order_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool) -> list[np.ndarray]:
-    """Shuffled batches; with grouping, each window of 50 batches is sorted by length so that a batch pads
-    little, and the batches are shuffled again so that lengths do not drift through the epoch."""
+    """Shuffled batches. With grouping, the shuffled rows are cut into windows of 50 batches and each window
+    is sorted longest first, so that a batch pads little while every window still mixes the whole data set
+    (HF Trainer's group_by_length does the same). Within a window, batch shapes only shrink, so the allocator
+    reuses freed blocks instead of fragmenting; the longest batch of all comes first, so that running out of
+    memory shows at step 1."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths))
-    if group_by_length:
-        window = batch_size * 50
-        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in np.array_split(order, max(1, -(-len(order) // window)))])
-    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    if group_by_length:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
+    if not group_by_length:
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * 50
+    windows = [order[i: i + window] for i in range(0, len(order), window)]
+    windows = [w[np.argsort(-lengths[w], kind="stable")] for w in windows]
+    first = max(range(len(windows)), key=lambda i: lengths[windows[i][0]])
+    windows[0], windows[first] = windows[first], windows[0]
+    return [w[i: i + batch_size] for w in windows for i in range(0, len(w), batch_size)]
 
 
 def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: RunConfig) -> Task:
     t = cfg.train
 
-    def batches(epoch: int) -> list[Batch]:
-        return [train.collate(idx) for idx in order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)]
+    def batches(epoch: int) -> list[np.ndarray]:
+        return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)
 
     def loss(m: torch.nn.Module, batch: Batch) -> torch.Tensor:
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, C)
@@ -116,8 +118,8 @@ def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: 
         logits = predict_logits(m, val, batch_size=max(t.batch_size, 64))
         return logit_metrics(logits, val.labels)
 
-    return Task(model=model, batches=batches, loss=loss, evaluate=evaluate if val is not None and len(val) else None,
-                head_names=HEAD_NAMES)
+    return Task(model=model, batches=batches, loss=loss, collate=train.collate,
+                evaluate=evaluate if val is not None and len(val) else None, head_names=HEAD_NAMES)
 
 
 @torch.no_grad()
@@ -157,7 +159,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     enc = {name: Encoded(tokenizer, split, prep.labels, cfg.train.max_length) for name, split in prep.splits.items()}
     torch.manual_seed(cfg.train.seed)
-    model = build_model(model_dir, prep.labels, cfg)
+    model = build_model(model_dir, prep.labels, dropout=cfg.train.dropout, lora=cfg.lora)
     task = make_task(model, enc["train"], enc.get("val"), cfg)
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
 
@@ -217,12 +219,8 @@ def load_model(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
     if meta["lora"]:
         from peft import PeftModel
 
-        base = build_model(zoo.resolve(meta["base_model"]), meta["labels"], _bare_config(meta))
+        base = build_model(zoo.resolve(meta["base_model"]), meta["labels"])
         model = PeftModel.from_pretrained(base, model_dir)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
     return model.eval(), tokenizer, meta
-
-
-def _bare_config(meta: dict) -> RunConfig:
-    return RunConfig(model=meta["base_model"], data={"train": "-"})

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,6 +53,38 @@ def cpu_bf16_is_faster() -> bool:
     return _time_step(torch.bfloat16) < 0.8 * _time_step(None)
 
 
+def _cpu_key() -> str:
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def cpu_bf16_is_faster_cached() -> bool:
+    """Measured once per CPU model (in a child process, so that the probe's oneDNN state does not stay in
+    the training process's memory) and remembered in $TUNESMITH_HOME/cpu_precision.json."""
+    from tunesmith.zoo import home
+
+    cache = home() / "cpu_precision.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    key = _cpu_key()
+    if key not in known:
+        probe = "from tunesmith.train.precision import cpu_bf16_is_faster as f; print(int(f()))"
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            return cpu_bf16_is_faster()
+        known[key] = done.stdout.strip().endswith("1")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known, indent=2))
+        os.replace(tmp, cache)
+    return bool(known[key])
+
+
 def pick_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """(precision, why): the choice and the reason, reported in the run's metrics and eval.json."""
     if device.type == "cuda":
@@ -61,9 +99,9 @@ def pick_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if requested == "fp16":
         raise TunesmithError("train.precision fp16 needs a CUDA GPU; on a CPU use auto, bf16 or fp32")
     if requested == "auto":
-        if cpu_bf16_is_faster():
-            return "bf16", "CPU bf16 measured faster than fp32"
-        return "fp32", "CPU bf16 not faster than fp32 here (timed at start-up)"
+        if cpu_bf16_is_faster_cached():
+            return "bf16", "CPU bf16 measured faster than fp32 on this CPU"
+        return "fp32", "CPU bf16 not faster than fp32 on this CPU (measured once, cached)"
     return requested, "requested"
 
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_config
+from tests.conftest import tiny_config
 from tunesmith import api
 from tunesmith.cli import app
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Caches (the bf16 timing, converted models) go to a temporary home, not the user's ~/.cache/tunesmith.
+os.environ.setdefault("TUNESMITH_HOME", tempfile.mkdtemp(prefix="tunesmith-test-home-"))
 
 
 @pytest.fixture(scope="session")

@@ -101,3 +101,15 @@ def test_lora_run_saves_an_adapter_that_predicts(tmp_path, tiny_model, fixtures)
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
     assert not (run_dir / "model" / "model.safetensors").exists()
     assert api.predict(run_dir, ["fine"])[0]["label"] in {"0", "1"}
+
+
+def test_prepare_reports_splits_without_training(tmp_path, fixtures):
+    bad = tmp_path / "d.jsonl"
+    bad.write_text("".join(f'{{"text": "row {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(40)) + "not json\n")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "minilm-l6", "data": {"train": str(bad), "on_error": "skip"}}))
+    result = runner.invoke(app, ["prepare", str(cfg), "--out", str(tmp_path / "prep")])
+    assert result.exit_code == 0, result.output
+    assert "1 x invalid JSON" in result.output and "prepared splits" in result.output
+    report = json.loads((tmp_path / "prep" / "data_report.json").read_text())
+    assert sum(report["rows"].values()) == 40 and (tmp_path / "prep" / "train.parquet").is_file()

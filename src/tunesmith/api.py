@@ -56,6 +56,16 @@ def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = N
     return run_dir
 
 
+def prepare_data(config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *,
+                 out: str | Path | None = None) -> Path:
+    """Read, check and split the data as `train` would, without training: Parquet splits and data_report.json
+    in `out` (default: <output_dir>/<name>-data-<timestamp>). Returns that folder."""
+    cfg = _as_config(config, overrides)
+    folder = Path(out) if out else new_run_dir(cfg.output_dir, f"{cfg.name}-data")
+    write_prepared(prepare(cfg.data, cfg.train.seed), folder)
+    return folder
+
+
 def _as_config(config, overrides) -> RunConfig:
     if isinstance(config, RunConfig):
         return config_from_dict(config.model_dump(mode="json"), "(RunConfig)", overrides)
@@ -137,4 +147,4 @@ def pull_model(name: str) -> Path:
     return zoo.pull(name)
 
 
-__all__ = ["train", "predict", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]
+__all__ = ["train", "prepare_data", "predict", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]

@@ -62,6 +62,32 @@ def train(
     print_eval(run_dir)
 
 
+@app.command()
+@user_errors
+def prepare(
+    config: Annotated[Path, typer.Argument(help="YAML config; only its data section (and train.seed) is used.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set data.sample=1000.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the prepared splits (default: under output_dir).")] = None,
+):
+    """Read, check and split the data without training; print what was kept, skipped and removed."""
+    folder = _api().prepare_data(config, set_ or [], out=out_dir)
+    report = json.loads((folder / "data_report.json").read_text())
+    names = report["label_names"]
+    table = Table(title="prepared splits")
+    for col in ["split", "rows", *names]:
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, n in report["rows"].items():
+        table.add_row(split, str(n), *[str(report["labels"][split].get(name, 0)) for name in names])
+    out.print(table)
+    for split, f in report["files"].items():
+        skipped = ", ".join(f"{n} x {why}" for why, n in f["skipped"].items()) or "none"
+        out.print(f"{split}: {f['rows_read']} rows read from {f['path']}, {f['rows_kept']} kept; skipped: {skipped}",
+                  highlight=False, markup=False)
+    for what, n in report["removed"].items():
+        out.print(f"removed {n} rows: {what.replace('_', ' ')}")
+    out.print(f"data: {folder}")
+
+
 def print_eval(run_dir: Path) -> None:
     ev = json.loads((run_dir / "eval.json").read_text())
     if "tuned" in ev:

@@ -67,9 +67,9 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def restore_checkpoint(path: Path, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Weights from path, optimiser and RNG from `saved` (its state.pt, already loaded); the loop state back."""
     load_trainable(model, load_file(path / "weights.safetensors"))
-    state = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return state["loop"]
+    optimizer.load_state_dict(saved["optimizer"])
+    set_rng_state(saved["rng"])
+    return saved["loop"]

@@ -10,7 +10,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,7 +18,7 @@ import torch
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.train.checkpoint import list_checkpoints, load_checkpoint, load_trainable, save_checkpoint, save_weights
+from tunesmith.train.checkpoint import list_checkpoints, load_trainable, restore_checkpoint, save_checkpoint, save_weights
 from tunesmith.train.optim import build_optimizer, lr_at, warmup_steps
 from tunesmith.train.precision import autocast, pick_device, pick_precision
 from tunesmith.train.progress import Progress
@@ -56,7 +56,6 @@ class FitResult:
     best: dict | None = None  # validation metrics of the restored best evaluation
     last_eval: dict | None = None
     stopped_early: bool = False
-    history: list[dict] = field(default_factory=list)
 
     @property
     def examples_per_s(self) -> float:
@@ -117,8 +116,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     found = list_checkpoints(ckpt_dir) if resume else []
     if resume and not found:
         raise TunesmithError(f"nothing to resume: {ckpt_dir} holds no complete checkpoint")
-    if found:  # keep the original run's choice: a timing probe may answer differently this time
-        precision, reason = torch.load(found[-1] / "state.pt", weights_only=False)["loop"]["precision"], "as before resuming"
+    saved = torch.load(found[-1] / "state.pt", weights_only=False) if found else None
+    if saved:  # keep the original run's choice: a timing probe may answer differently this time
+        precision, reason = saved["loop"]["precision"], "as before resuming"
     else:
         precision, reason = pick_precision(cfg.precision, device)
     if cfg.threads:
@@ -143,8 +143,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
 
     state = {"step": 0, "epoch": 0, "batch": 0, "examples": 0, "train_seconds": 0.0, "precision": precision,
              "best": None, "best_metrics": None, "bad_evals": 0, "last_eval": None, "stopped_early": False}
-    if found:
-        state = load_checkpoint(found[-1], model, optimizer)
+    if saved:
+        state = restore_checkpoint(found[-1], saved, model, optimizer)
     log = MetricsLog(run_dir, state["step"] if resume else None)
     log.write({"step": state["step"], "split": "setup", "precision": precision, "precision_reason": reason,
                "device": str(device), "total_steps": total, "warmup_steps": warmup, "resumed": resume})

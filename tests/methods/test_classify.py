@@ -26,3 +26,9 @@ def test_lora_trains_only_the_adapter_and_the_head(tiny_model):
 def test_dropout_override_reaches_every_dropout(tiny_model):
     model = build_model(tiny_model, ["a", "b"], dropout=0.3)
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+
+
+def test_the_longest_batch_comes_first():
+    lengths = np.random.default_rng(1).integers(3, 90, 2000)
+    batches = order_batches(lengths, 16, seed=2, group_by_length=True)
+    assert lengths[batches[0]].max() == lengths.max()

@@ -87,21 +87,20 @@ class Encoded:
 
 
 def order_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool) -> list[np.ndarray]:
-    """Shuffled batches. With grouping, the shuffled rows are cut into windows of 50 batches and each window
-    is sorted longest first, so that a batch pads little while every window still mixes the whole data set
-    (HF Trainer's group_by_length does the same). Within a window, batch shapes only shrink, so the allocator
-    reuses freed blocks instead of fragmenting; the longest batch of all comes first, so that running out of
-    memory shows at step 1."""
+    """Shuffled batches. With grouping, the shuffled rows are cut into windows of about 50 batches, each
+    sorted by length so that a batch pads little, and the batches are then shuffled again so that lengths do
+    not drift through the epoch. The longest batch of all comes first: out-of-memory shows at step 1."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths))
-    if not group_by_length:
-        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    window = batch_size * 50
-    windows = [order[i: i + window] for i in range(0, len(order), window)]
-    windows = [w[np.argsort(-lengths[w], kind="stable")] for w in windows]
-    first = max(range(len(windows)), key=lambda i: lengths[windows[i][0]])
-    windows[0], windows[first] = windows[first], windows[0]
-    return [w[i: i + batch_size] for w in windows for i in range(0, len(w), batch_size)]
+    if group_by_length:
+        parts = np.array_split(order, max(1, -(-len(order) // (batch_size * 50))))
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in parts])
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
+        batches[0], batches[longest] = batches[longest], batches[0]
+    return batches
 
 
 def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: RunConfig) -> Task:

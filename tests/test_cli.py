@@ -113,3 +113,9 @@ def test_prepare_reports_splits_without_training(tmp_path, fixtures):
     assert "1 x invalid JSON" in result.output and "prepared splits" in result.output
     report = json.loads((tmp_path / "prep" / "data_report.json").read_text())
     assert sum(report["rows"].values()) == 40 and (tmp_path / "prep" / "train.parquet").is_file()
+
+
+def test_eval_without_baseline(trained, fixtures):
+    run_dir, _, _ = trained
+    report = api.evaluate(run_dir, fixtures / "sst2_dev.tsv", baseline=False, write=False)
+    assert "baseline" not in report and report["tuned"]["accuracy"] >= 0 and report["test_rows"] == 300

@@ -114,7 +114,9 @@ def evaluate(run: str | Path, data: str | Path, *, text: str | None = None, labe
     if not len(split):
         raise TunesmithError(f"{data}: no rows to evaluate")
     enc = {"test": classify.Encoded(tokenizer, split, meta["labels"], meta["max_length"])}
-    enc["train"] = classify.Encoded(tokenizer, read_prepared(run_dir / "data").splits["train"], meta["labels"], meta["max_length"])
+    if baseline:  # the baseline is refitted on the run's own training split
+        train_split = read_prepared(run_dir / "data").splits["train"]
+        enc["train"] = classify.Encoded(tokenizer, train_split, meta["labels"], meta["max_length"])
     cfg.eval.baseline = baseline
     report = classify.score_test(model, Path(meta["base_path"]), enc, meta["labels"], meta["temperature"], cfg)
     report |= {"data": str(data), "read": read_report}

@@ -15,7 +15,7 @@ from tunesmith.data.classify import Split, prepare, read_prepared, read_split, w
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.calibration import softmax
 from tunesmith.methods import classify
-from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json  # noqa: F401 (find_run_dir is API)
+from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json
 
 METHODS = {"classify": classify.run}
 

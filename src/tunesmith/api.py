@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -11,13 +12,15 @@ import yaml
 
 from tunesmith import zoo
 from tunesmith.config import DataConfig, RunConfig, config_from_dict, dump_config, load_config
-from tunesmith.data.classify import Split, prepare, read_prepared, read_split, write_prepared
+from tunesmith.data.classify import Split, read_prepared, read_split
+from tunesmith.data.prepare import Preparer, prepare
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.calibration import softmax
 from tunesmith.methods import classify
 from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json
 
 METHODS = {"classify": classify.run}
+SHAPES = {"classify": ("classify",)}  # the data shapes each method trains on
 
 
 def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *, resume: str | Path | None = None,
@@ -39,7 +42,10 @@ def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = N
         if resume is None:
             (run_dir / "config.yaml").write_text(cfg_text)
             zoo.resolve(cfg.model)  # fail on a missing model before reading data
-            write_prepared(prepare(cfg.data, cfg.train.seed), run_dir / "data")
+            shape = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))["shape"]
+            if shape not in SHAPES[cfg.method]:
+                raise TunesmithError(f"method {cfg.method} trains on {' or '.join(SHAPES[cfg.method])} data, but "
+                                     f"{cfg.data.train} holds {shape} data (see data_report.json in {run_dir / 'data'})")
         report = METHODS[cfg.method](cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)
         from tunesmith.report.html import write_report
@@ -62,8 +68,17 @@ def prepare_data(config: str | Path | RunConfig | dict, overrides: list[str] | N
     in `out` (default: <output_dir>/<name>-data-<timestamp>). Returns that folder."""
     cfg = _as_config(config, overrides)
     folder = Path(out) if out else new_run_dir(cfg.output_dir, f"{cfg.name}-data")
-    write_prepared(prepare(cfg.data, cfg.train.seed), folder)
+    prepare(cfg.data, cfg.train.seed, folder, tokenizer=_tokenizer_of(cfg))
     return folder
+
+
+def _tokenizer_of(cfg: RunConfig):
+    """Loaded only if the data needs it (token chunks of raw text)."""
+    def load():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(zoo.resolve(cfg.model))
+    return load
 
 
 def _as_config(config, overrides) -> RunConfig:
@@ -104,9 +119,13 @@ def evaluate(run: str | Path, data: str | Path, *, text: str | None = None, labe
     """Score a run's model (and the untuned baseline, refitted on the run's training split) on another file."""
     run_dir = find_run_dir(run)
     cfg = load_config(run_dir / "config.yaml")
-    data_cfg = DataConfig(**(cfg.data.model_dump() | {"train": str(data), "format": "auto", "delimiter": None,
-                                                      "columns": None, "on_error": on_error, "max_rows": None}))
-    split, read_report = read_split(str(data), data_cfg, text or cfg.data.text, label or cfg.data.label)
+    data_cfg = DataConfig(**(cfg.data.model_dump() | {
+        "train": str(data), "val": None, "test": None, "format": "auto", "delimiter": None, "columns": None,
+        "split_column": None, "on_error": on_error, "max_rows": None, "sample": None, "shape": "classify",
+        "text": text or cfg.data.text, "label": label or cfg.data.label, "dedup": {"exact": False, "near": False}}))
+    with tempfile.TemporaryDirectory() as tmp:  # the same reading, cleaning and PII as training, without dedup
+        pool, funnel = Preparer(data_cfg, cfg.train.seed).pool("eval", str(data), Path(tmp), None)
+        split, read_report = read_split(pool), funnel.report()
     model, tokenizer, meta = classify.load_model(run_dir / "model")
     unknown = sorted(set(split.labels) - set(meta["labels"]))
     if unknown:

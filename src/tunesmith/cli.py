@@ -72,19 +72,21 @@ def prepare(
     """Read, check and split the data without training; print what was kept, skipped and removed."""
     folder = _api().prepare_data(config, set_ or [], out=out_dir)
     report = json.loads((folder / "data_report.json").read_text())
-    names = report["label_names"]
-    table = Table(title="prepared splits")
-    for col in ["split", "rows", *names]:
+    names = report.get("label_names", [])
+    table = Table(title=f"prepared splits ({report['shape']})")
+    for col in ["split", "rows", "median chars", *names]:
         table.add_column(col, justify="left" if col == "split" else "right")
     for split, n in report["rows"].items():
-        table.add_row(split, str(n), *[str(report["labels"][split].get(name, 0)) for name in names])
+        labels = [str(report["labels"][split].get(name, 0)) for name in names]
+        table.add_row(split, str(n), str(report["chars"][split].get("median", "")), *labels)
     out.print(table)
-    for split, f in report["files"].items():
-        skipped = ", ".join(f"{n} x {why}" for why, n in f["skipped"].items()) or "none"
-        out.print(f"{split}: {f['rows_read']} rows read from {f['path']}, {f['rows_kept']} kept; skipped: {skipped}",
-                  highlight=False, markup=False)
-    for what, n in report["removed"].items():
-        out.print(f"removed {n} rows: {what.replace('_', ' ')}")
+    for f in report["files"].values():
+        out.print(f"{f['path']}: {f['rows_read']} rows read, {f['rows_kept']} kept", highlight=False, markup=False)
+        for step in f["steps"]:
+            for why, n in step["removed"].items():
+                out.print(f"  {step['step']}: removed {n} x {why}", highlight=False, markup=False)
+    if report["pii"]["replaced"]:
+        out.print("PII replaced: " + ", ".join(f"{n} x {k}" for k, n in report["pii"]["replaced"].items()))
     out.print(f"data: {folder}")
 
 

@@ -17,13 +17,47 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SHAPES = ("classify", "instruction", "chat", "preference", "text")
+PII_ENTITIES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL", "PERSON", "LOCATION")
+
+
+class CleanConfig(Strict):
+    unicode: Literal["NFC", "NFKC", "none"] = "NFC"  # NFKC also folds compatibility forms (ﬁ -> fi, full-width -> ASCII)
+    control_chars: bool = True  # drop control and zero-width characters (tabs and newlines stay)
+    html: bool = True  # strip HTML tags and unescape entities in texts that hold HTML
+    whitespace: bool = True  # collapse runs of spaces, trim lines, at most one blank line in a row
+    min_chars: int = Field(1, ge=0)  # drop an example whose shortest text field is shorter than this, after cleaning
+    max_chars: int | None = Field(None, gt=0)  # drop an example whose longest text field is longer
+
+
+class DedupConfig(Strict):
+    exact: bool = True  # same text after folding case, punctuation and whitespace
+    near: bool = True  # MinHash LSH on character n-grams: near duplicates within and across splits
+    threshold: float = Field(0.8, gt=0.0, le=1.0)  # Jaccard similarity from which two texts are near duplicates
+    ngram: int = Field(5, ge=1)  # characters per shingle
+    num_perm: int = Field(128, ge=16)  # MinHash permutations
+
+
+class PiiConfig(Strict):
+    entities: list[Literal[PII_ENTITIES]] = list(PII_ENTITIES)  # PERSON and LOCATION need NER (slower)
+
+
 class DataConfig(Strict):
-    train: str  # a file (csv, tsv, jsonl, json, parquet, txt), a folder with one subfolder per label, or pkg:MODULE/path
-    val: str | None = None  # optional: otherwise a seeded stratified slice of train
-    test: str | None = None  # optional: otherwise a seeded stratified slice of train
-    text: str = "text"  # column (or JSON field) holding the input text
-    label: str = "label"  # column holding the class label; its values become the label names
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder"] = "auto"
+    train: str  # a file (csv, tsv, jsonl, json, parquet, txt), a folder, or pkg:MODULE/path
+    val: str | None = None  # optional: otherwise a seeded slice of train
+    test: str | None = None  # optional: otherwise a seeded slice of train
+    shape: Literal["auto", *SHAPES] = "auto"  # auto: told by the field names of the first row
+    # Field names in the files; None means the usual names (text/sentence, label/category, prompt/instruction,
+    # response/output, messages/conversations, chosen, rejected).
+    text: str | None = None
+    label: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    messages: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    prompt_template: str | None = None  # e.g. "Summarise this dialogue:\n{dialogue}": builds the prompt from fields
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt"] = "auto"
     delimiter: str | None = Field(None, min_length=1, max_length=1)  # overrides the format's delimiter
     columns: list[str] | None = None  # names for a headerless delimited file, in order
     encoding: str = "auto"  # "auto" detects it (UTF-8, latin-1, cp1252, ...)
@@ -32,7 +66,18 @@ class DataConfig(Strict):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_rows: int | None = Field(None, gt=0)  # read at most this many rows per file (quick trials)
     sample: int | None = Field(None, gt=0)  # train on a seeded random sample of this many training rows
+    chunk_tokens: int = Field(512, gt=8)  # shape text: documents are cut into chunks of this many tokens
+    chunk_overlap: int = Field(64, ge=0)  # shape text: tokens shared by consecutive chunks
     on_error: Literal["fail", "skip"] = "fail"  # skip: malformed rows are counted and reported
+    clean: CleanConfig = CleanConfig()
+    dedup: DedupConfig = DedupConfig()
+    pii: PiiConfig | None = None  # set (e.g. `pii: {}`) to replace personal data by <EMAIL>, <PERSON>, ...
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> "DataConfig":
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("data.chunk_overlap must be smaller than data.chunk_tokens")
+        return self
 
 
 class LoraConfig(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -12,7 +13,8 @@ from typing import Iterator
 from tunesmith.errors import TunesmithError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-           ".parquet": "parquet", ".pq": "parquet", ".txt": "csv"}
+           ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".md": "txt"}
+DOCUMENT_SUFFIXES = (".txt", ".md", ".text", "")
 
 
 @dataclass
@@ -22,12 +24,15 @@ class Record:
     error: str | None = None  # why it is malformed
 
 
-def detect_format(path: Path, fmt: str) -> str:
+def detect_format(path: Path, fmt: str, delimited: bool = False) -> str:
+    """The format from the suffix; a .txt file with a delimiter or column names is a headerless table."""
     if fmt != "auto":
         return fmt
     if path.is_dir():
         return "folder"
     found = FORMATS.get(path.suffix.lower())
+    if found == "txt" and delimited:
+        return "csv"
     if found is None:
         allowed = ", ".join(sorted(set(FORMATS.values()) | {"folder"}))
         raise TunesmithError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; set data.format to one of {allowed}")
@@ -35,29 +40,71 @@ def detect_format(path: Path, fmt: str) -> str:
 
 
 def read_text(path: Path, encoding: str = "auto") -> str:
-    """Decode a file, detecting latin-1/cp1252 and friends so they never come out as mojibake."""
-    raw = path.read_bytes()
-    if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise TunesmithError(f"{path}: looks like a binary file (NUL bytes), not text")
-    if encoding != "auto":
-        try:
-            return raw.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as err:
-            raise TunesmithError(f"{path}: cannot decode as {encoding}: {err}") from None
+    """Decode a whole (small) file, detecting latin-1/cp1252 and friends so they never come out as mojibake."""
+    with open_text(path, encoding) as f:
+        return f.read()
+
+
+def open_text(path: Path, encoding: str = "auto") -> io.TextIOBase:
+    """A text stream over the file: UTF-8 when every byte is valid UTF-8 (checked in chunks, without reading
+    the file into memory), else the detected encoding."""
+    with path.open("rb") as f:
+        head = f.read(8192)
+        if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise TunesmithError(f"{path}: looks like a binary file (NUL bytes), not text")
+        if encoding == "auto":
+            encoding = "utf-8-sig" if _is_utf8(f, head) else _detect_encoding(path)
     try:
-        return raw.decode("utf-8-sig")
+        codecs.lookup(encoding)
+    except LookupError:
+        raise TunesmithError(f"{path}: unknown encoding {encoding!r} in data.encoding") from None
+    return _Decoding(path, encoding)
+
+
+def _is_utf8(f, head: bytes) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        chunk = head
+        while chunk:
+            decoder.decode(chunk)
+            chunk = f.read(1 << 20)
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        pass
+        return False
+    return True
+
+
+def _detect_encoding(path: Path) -> str:
     from charset_normalizer import from_bytes
 
-    matches = list(from_bytes(raw))
+    matches = list(from_bytes(path.read_bytes()[: 4 << 20]))
     if not matches:
         raise TunesmithError(f"{path}: cannot detect the text encoding; set data.encoding (e.g. latin-1)")
     # Western single-byte files are ambiguous (cp1250, cp1252, cp850... all decode them cleanly); among the
     # equally plausible ones prefer cp1252, the de-facto "latin-1" of real files (the same as latin-1 for 0xA0-0xFF).
     tied = [m for m in matches if m.percent_chaos <= matches[0].percent_chaos + 0.01]
     western = [m for m in tied if "cp1252" in m.could_be_from_charset or m.encoding in ("latin_1", "iso8859_15")]
-    return str((western or matches)[0])
+    return (western or matches)[0].encoding
+
+
+class _Decoding(io.TextIOWrapper):
+    """A text file whose decoding errors name the file, as every user-facing error here does."""
+
+    def __init__(self, path: Path, encoding: str):
+        super().__init__(path.open("rb"), encoding=encoding, newline="")
+        self.path = path
+
+    def __next__(self) -> str:
+        try:
+            return super().__next__()
+        except UnicodeDecodeError as err:
+            raise TunesmithError(f"{self.path}: cannot decode as {self.encoding}: {err}") from None
+
+    def read(self, size: int = -1) -> str:
+        try:
+            return super().read(size)
+        except UnicodeDecodeError as err:
+            raise TunesmithError(f"{self.path}: cannot decode as {self.encoding}: {err}") from None
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -75,13 +122,19 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def read_records(path: str | Path, *, fmt: str = "auto", delimiter: str | None = None, columns: list[str] | None = None,
-                 encoding: str = "auto", text_field: str = "text", label_field: str = "label") -> Iterator[Record]:
+                 encoding: str = "auto", text_field: str = "text", label_field: str = "label",
+                 documents: bool = False) -> Iterator[Record]:
+    """Records of a file or folder. With `documents`, each text file (of a folder, recursively) is one record."""
     path = resolve_path(path)
     if not path.exists():
         raise TunesmithError(f"data file not found: {path}")
-    fmt = detect_format(path, fmt)
-    if fmt == "folder":
+    fmt = detect_format(path, fmt, bool(delimiter or columns))
+    if fmt == "folder" and documents:
+        yield from _read_documents(path, encoding, text_field)
+    elif fmt == "folder":
         yield from _read_folder(path, encoding, text_field, label_field)
+    elif fmt == "txt":
+        yield Record(str(path), {text_field: read_text(path, encoding)})
     elif fmt in ("csv", "tsv"):
         yield from _read_delimited(path, fmt, delimiter, columns, encoding)
     elif fmt == "jsonl":
@@ -95,12 +148,14 @@ def read_records(path: str | Path, *, fmt: str = "auto", delimiter: str | None =
 
 
 def _read_delimited(path: Path, fmt: str, delimiter: str | None, columns: list[str] | None, encoding: str) -> Iterator[Record]:
-    text = read_text(path, encoding)
     sep = delimiter or ("\t" if fmt == "tsv" else ",")
     # TSV files (GLUE and friends) do not quote; quotes inside a sentence are literal.
     quoting = csv.QUOTE_NONE if sep != "," else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quoting=quoting)
-    header = columns
+    with open_text(path, encoding) as f:
+        yield from _rows(csv.reader(f, delimiter=sep, quoting=quoting), path, fmt, sep, columns)
+
+
+def _rows(reader, path: Path, fmt: str, sep: str, header: list[str] | None) -> Iterator[Record]:
     start = 1
     try:
         for row in reader:
@@ -122,7 +177,12 @@ def _read_delimited(path: Path, fmt: str, delimiter: str | None, columns: list[s
 
 
 def _read_jsonl(path: Path, encoding: str) -> Iterator[Record]:
-    for n, line in enumerate(read_text(path, encoding).splitlines(), 1):
+    with open_text(path, encoding) as f:
+        yield from _json_lines(f, path)
+
+
+def _json_lines(f, path: Path) -> Iterator[Record]:
+    for n, line in enumerate(f, 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -183,3 +243,15 @@ def _read_folder(path: Path, encoding: str, text_field: str, label_field: str) -
                     yield Record(str(f), {text_field: read_text(f, encoding), label_field: sub.name})
                 except TunesmithError as err:
                     yield Record(str(f), None, str(err).split(": ", 1)[-1])
+
+
+def _read_documents(path: Path, encoding: str, text_field: str) -> Iterator[Record]:
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in DOCUMENT_SUFFIXES
+                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    if not files:
+        raise TunesmithError(f"{path}: no text files (.txt, .md) found in this folder")
+    for f in files:
+        try:
+            yield Record(str(f), {text_field: read_text(f, encoding)})
+        except TunesmithError as err:
+            yield Record(str(f), None, str(err).split(": ", 1)[-1])

@@ -19,7 +19,7 @@ def write_report(run_dir: Path) -> Path:
     ev = json.loads((run_dir / "eval.json").read_text())
     data = json.loads((run_dir / "data" / "data_report.json").read_text())
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    figures = {"loss": plots.loss_curves(metrics), "lengths": plots.length_histograms(data.get("text_chars", {}))}
+    figures = {"loss": plots.loss_curves(metrics), "lengths": plots.length_histograms(data.get("chars", {}))}
     if "tuned" in ev:
         figures["confusion"] = plots.confusion(ev["tuned"]["confusion"], ev["labels"])
         curves = {"tuned": ev["tuned"]["reliability"], f"tuned, T={ev['temperature']:.2f}": ev["tuned"]["reliability_calibrated"]}

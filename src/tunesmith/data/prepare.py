@@ -1,0 +1,372 @@
+"""The preparation stage every method reads from, streamed in batches (never the whole corpus in memory):
+
+read -> shape -> clean -> length filter -> exact and near dedup -> PII -> (chunk) -> pool Parquet per file,
+then split (given files, a split column, or seeded slices of train) -> train/val/test.parquet + data_report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tunesmith.config import DataConfig
+from tunesmith.data.clean import Cleaner
+from tunesmith.data.dedup import Deduper, dedup_key
+from tunesmith.data.readers import read_records
+from tunesmith.data.shapes import Mapper, RowProblem, detect, texts_of, with_texts
+from tunesmith.errors import TunesmithError
+
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
+               "test": "test", "testing": "test"}
+BATCH = 4096
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SCHEMAS = {"classify": [("text", pa.string()), ("label", pa.string())],
+           "instruction": [("prompt", pa.string()), ("response", pa.string())],
+           "chat": [("messages", MESSAGES)],
+           "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
+           "text": [("text", pa.string()), ("doc", pa.int64())]}
+EXAMPLES_PER_REASON = 3
+
+
+@dataclass
+class Funnel:
+    """Rows in and out of every step for one input file, with a few (anonymised) examples of what was removed."""
+
+    path: str
+    rows_read: int = 0
+    removed: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in ("read", "shape", "length", "dedup")})
+    examples: dict[str, list] = field(default_factory=dict)
+    rows_kept: int = 0
+
+    def drop(self, step: str, reason: str, where: str, text: str | None = None) -> None:
+        self.removed[step][reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append({"where": where, "text": text[:300] if text else None})
+
+    def report(self) -> dict:
+        steps, rows = [], self.rows_read
+        for step, why in self.removed.items():
+            out = rows - sum(why.values())
+            steps.append({"step": step, "rows_in": rows, "rows_out": out, "removed": dict(why)})
+            rows = out
+        return {"path": self.path, "rows_read": self.rows_read, "rows_kept": self.rows_kept, "steps": steps,
+                "removed_examples": self.examples}
+
+
+class Preparer:
+    def __init__(self, cfg: DataConfig, seed: int, tokenizer: Callable[[], Any] | None = None):
+        self.cfg, self.seed, self.load_tokenizer = cfg, seed, tokenizer
+        self.mapper: Mapper | None = None
+        self.cleaner = Cleaner(cfg.clean)
+        self.deduper = Deduper(cfg.dedup)
+        self.pii_counts: Counter = Counter()
+        self.anonymiser = None
+        self.tokenizer = None
+        self.docs = 0
+
+    # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
+
+    def pool(self, name: str, path: str, out: Path, split_col: str | None) -> tuple[Path, Funnel]:
+        funnel = Funnel(str(path))
+        dest = out / f".pool-{name}.parquet"
+        writer = None
+        rows = self._examples(path, funnel, split_col)
+        while batch := list(islice(rows, BATCH)):
+            table = self._batch(name if not split_col else "all", batch, funnel)
+            if table.num_rows:
+                writer = writer or pq.ParquetWriter(dest, table.schema)
+                writer.write_table(table)
+        if writer is None:
+            raise TunesmithError(f"{path}: no rows left after reading and filtering" + _why(funnel))
+        writer.close()
+        return dest, funnel
+
+    def _examples(self, path: str, funnel: Funnel, split_col: str | None) -> Iterator[tuple[str, dict, str | None]]:
+        cfg = self.cfg
+        records = read_records(path, fmt=cfg.format, delimiter=cfg.delimiter, columns=cfg.columns, encoding=cfg.encoding,
+                               text_field=cfg.text or "text", label_field=cfg.label or "label",
+                               documents=cfg.shape == "text")
+        for rec in records:
+            funnel.rows_read += 1
+            step, problem, part = "read", rec.error, None
+            if rec.fields is not None:
+                self.mapper = self.mapper or detect(rec.fields, cfg, rec.where)
+                if split_col and split_col not in rec.fields:
+                    raise TunesmithError(f"{rec.where}: column {split_col!r} (data.split_column) not found; "
+                                         f"the columns are: {', '.join(map(str, rec.fields))}")
+                step = "shape"
+                try:
+                    ex = self.mapper.example(rec.fields)
+                    if split_col:
+                        part = SPLIT_NAMES.get(str(rec.fields[split_col]).strip().lower())
+                        if part is None:
+                            raise RowProblem(f"{split_col!r} is {rec.fields[split_col]!r}, not one of train, val, test")
+                except RowProblem as err:
+                    problem = str(err)
+            if problem:
+                if cfg.on_error == "fail":
+                    raise TunesmithError(f"{rec.where}: {problem} (set data.on_error: skip to skip and count such rows)")
+                # counted under the reason without its details (a JSON error's column, a shape hint)
+                funnel.drop(step, problem.split(" (this file")[0] if step == "shape" else problem.split(" (")[0], rec.where)
+            else:
+                yield rec.where, ex, part
+            if cfg.max_rows and funnel.rows_read >= cfg.max_rows:
+                break
+
+    def _batch(self, split: str, batch: list, funnel: Funnel) -> pa.Table:
+        shape, lo, hi = self.mapper.shape, self.cfg.clean.min_chars, self.cfg.clean.max_chars
+        kept = []
+        for where, ex, part in batch:
+            texts = [self.cleaner(t) for t in texts_of(shape, ex)]
+            shortest, longest = min(map(len, texts)), max(map(len, texts))
+            if shortest < lo:
+                funnel.drop("length", "empty after cleaning" if shortest == 0 else f"shorter than {lo} characters", where, texts[0])
+            elif hi and longest > hi:
+                funnel.drop("length", f"longer than {hi} characters", where, texts[0])
+            else:
+                kept.append((where, texts, with_texts(shape, ex, texts), part))
+        verdicts = self.deduper.check(split, [dedup_key("\n".join(t)) for _, t, _, _ in kept])
+        rows = []
+        for (where, texts, ex, part), why in zip(kept, verdicts):
+            if why:
+                funnel.drop("dedup", why, where, texts[0])
+            else:
+                rows.append((ex, part))
+        funnel.rows_kept += len(rows)
+        return self._table([ex for ex, _ in self._anonymised(rows)], [p for _, p in rows])
+
+    def _anonymised(self, rows: list[tuple[dict, str | None]]) -> list[tuple[dict, str | None]]:
+        if not self.cfg.pii or not rows:
+            return rows
+        shape = self.mapper.shape
+        texts = [texts_of(shape, ex) for ex, _ in rows]
+        flat, counts = self._anonymiser().anonymise([t for ts in texts for t in ts])
+        self.pii_counts.update(counts)
+        out, at = [], 0
+        for (ex, part), ts in zip(rows, texts):
+            out.append((with_texts(shape, ex, flat[at:at + len(ts)]), part))
+            at += len(ts)
+        return out
+
+    def _anonymiser(self):
+        if self.anonymiser is None:
+            from tunesmith.data.pii import STRUCTURED, Anonymiser
+
+            self.anonymiser = Anonymiser(self.cfg.pii.entities if self.cfg.pii else STRUCTURED)
+        return self.anonymiser
+
+    def _table(self, examples: list[dict], parts: list[str | None]) -> pa.Table:
+        shape = self.mapper.shape
+        if shape == "text":
+            examples, parts = self._chunks([ex["text"] for ex in examples], parts)
+        schema = pa.schema(SCHEMAS[shape])
+        cols = {name: [ex[name] for ex in examples] for name in schema.names}
+        cols["_chars"] = [sum(map(len, texts_of(shape, ex))) for ex in examples]
+        schema = schema.append(pa.field("_chars", pa.int32()))
+        if any(parts):
+            cols["_part"] = parts
+            schema = schema.append(pa.field("_part", pa.string()))
+        return pa.table(cols, schema=schema)
+
+    def _chunks(self, docs: list[str], parts: list[str | None]) -> tuple[list[dict], list[str | None]]:
+        """Documents -> chunks of chunk_tokens tokens sharing chunk_overlap tokens, cut at token boundaries."""
+        if self.tokenizer is None:
+            if self.load_tokenizer is None:
+                raise TunesmithError("data.shape text cuts documents into token chunks: it needs the model's tokenizer")
+            self.tokenizer = self.load_tokenizer()
+        size, step = self.cfg.chunk_tokens, self.cfg.chunk_tokens - self.cfg.chunk_overlap
+        enc = self.tokenizer(docs, add_special_tokens=False, return_offsets_mapping=True)
+        chunks, chunk_parts = [], []
+        for text, offsets, part in zip(docs, enc["offset_mapping"], parts):
+            for start in range(0, max(len(offsets) - self.cfg.chunk_overlap, 1), step):
+                piece = offsets[start:start + size]
+                if piece:
+                    chunks.append({"text": text[piece[0][0]:piece[-1][1]], "doc": self.docs})
+                    chunk_parts.append(part)
+            self.docs += 1
+        return chunks, chunk_parts
+
+    # ---- pass 2: pools -> splits ------------------------------------------------------------------------------
+
+    def run(self, out: Path) -> dict:
+        cfg = self.cfg
+        files = {name: getattr(cfg, name) for name in ("test", "val", "train") if getattr(cfg, name)}
+        pools, funnels = {}, {}
+        for name, path in files.items():
+            pools[name], funnels[name] = self.pool(name, path, out, cfg.split_column if name == "train" else None)
+        report: dict = {"shape": self.mapper.shape, "fields": self.mapper.fields,
+                        "files": {n: f.report() for n, f in funnels.items()},
+                        "cleaning": {"texts_changed": dict(self.cleaner.changed)},
+                        "pii": {"replaced": dict(self.pii_counts), "entities": cfg.pii.entities} if cfg.pii else
+                        {"replaced": {}, "note": "not anonymised (set data.pii to replace personal data)"}}
+        assign = self._assign(pools["train"], given=set(files) - {"train"}, report=report)
+        stats = self._write_splits(pools, assign, out)
+        report |= stats
+        self._anonymise_examples(report)
+        if self.mapper.shape == "classify":
+            report["label_names"] = check_labels(report["labels"])
+        (out / "data_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        return report
+
+    def _assign(self, pool: Path, given: set[str], report: dict) -> np.ndarray:
+        """Per row of the train pool: 0 train, 1 val, 2 test, -1 left out by data.sample."""
+        cfg, shape = self.cfg, self.mapper.shape
+        meta = pq.read_table(pool, columns=[c for c in ("label", "doc", "_part") if c in pq.read_schema(pool).names])
+        n = meta.num_rows
+        if "_part" in meta.column_names:
+            codes = {"train": 0, "val": 1, "test": 2}
+            assign = np.array([codes[p] for p in meta.column("_part").to_pylist()], dtype=np.int8)
+            for name in ("val", "test"):
+                if name in given:
+                    assign[assign == codes[name]] = -1
+            given = given | {name for name, c in codes.items() if (assign == c).any()}
+            report["split_from"] = f"column {cfg.split_column!r}"
+            if not (assign == 0).any():
+                raise TunesmithError(f"{cfg.train}: no row has {cfg.split_column!r} = train")
+        else:
+            assign = np.zeros(n, dtype=np.int8)
+        labels = _codes(meta.column("label")) if shape == "classify" else None
+        groups = meta.column("doc").to_numpy() if shape == "text" else None
+        if cfg.sample and cfg.sample < (assign == 0).sum():
+            train_idx = np.flatnonzero(assign == 0)
+            dropped = np.random.default_rng(self.seed).choice(train_idx, len(train_idx) - cfg.sample, replace=False)
+            assign[dropped] = -1
+            report["sampled"] = f"seeded random sample of {cfg.sample} of {len(train_idx)} training rows (seed {self.seed})"
+        for name, code, fraction, offset in (("test", 2, cfg.test_fraction, 1), ("val", 1, cfg.val_fraction, 2)):
+            if name not in given and fraction > 0:
+                taken = carve(assign == 0, fraction, self.seed + offset, labels, groups)
+                assign[taken] = code
+                how = "stratified " if labels is not None else "by document, " if groups is not None else ""
+                report[f"{name}_from"] = f"seeded {how}{fraction:.0%} of train (seed {self.seed + offset})"
+        return assign
+
+    def _write_splits(self, pools: dict[str, Path], assign: np.ndarray, out: Path) -> dict:
+        writers: dict[str, pq.ParquetWriter] = {}
+        labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
+        chars: dict[str, list] = {s: [] for s in SPLITS}
+
+        def write(split: str, table: pa.Table) -> None:
+            if "label" in table.column_names:
+                labels[split].update(table.column("label").to_pylist())
+            chars[split].append(table.column("_chars").to_numpy())
+            table = table.drop_columns([c for c in ("_chars", "_part") if c in table.column_names])
+            if split not in writers:
+                writers[split] = pq.ParquetWriter(out / f"{split}.parquet", table.schema)
+            writers[split].write_table(table)
+
+        for name, pool in pools.items():
+            at = 0
+            for batch in pq.ParquetFile(pool).iter_batches(batch_size=65536):
+                table = pa.Table.from_batches([batch])
+                if name != "train":
+                    write(name, table)
+                    continue
+                codes = assign[at:at + table.num_rows]
+                at += table.num_rows
+                for code, split in enumerate(SPLITS):
+                    mask = codes == code
+                    if mask.any():
+                        write(split, table.filter(pa.array(mask)))
+            pool.unlink()
+        for w in writers.values():
+            w.close()
+        done = [s for s in SPLITS if s in writers]
+        lengths = {s: length_stats(np.concatenate(chars[s])) for s in done}
+        stats = {"rows": {s: int(sum(len(c) for c in chars[s])) for s in done}, "chars": lengths}
+        if self.mapper.shape == "classify":
+            stats["labels"] = {s: dict(sorted(labels[s].items())) for s in done}
+        if self.mapper.shape == "text":
+            stats["chunking"] = {"chunk_tokens": self.cfg.chunk_tokens, "chunk_overlap": self.cfg.chunk_overlap,
+                                 "documents": self.docs}
+        return stats
+
+    def _anonymise_examples(self, report: dict) -> None:
+        """Removed rows are shown in the report only after the same anonymisation as the data (regex types when
+        data.pii is off), so original personal data never reaches the report."""
+        shown = [ex for f in report["files"].values() for exs in f["removed_examples"].values() for ex in exs if ex["text"]]
+        if shown:
+            clean, _ = self._anonymiser().anonymise([ex["text"] for ex in shown])
+            for ex, text in zip(shown, clean):
+                ex["text"] = text
+
+
+def _why(funnel: Funnel) -> str:
+    reasons = Counter()
+    for why in funnel.removed.values():
+        reasons.update(why)
+    return f" (removed: {dict(reasons.most_common(5))})" if reasons else ""
+
+
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    return column.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+
+
+def carve(pool: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None,
+          groups: np.ndarray | None = None) -> np.ndarray:
+    """Indices of `fraction` of the rows where `pool` is true: per label (stratified; a class too small to split
+    stays whole), or by whole groups (documents), or plain rows. Seeded."""
+    rng = np.random.default_rng(seed)
+    idx = np.flatnonzero(pool)
+    if groups is not None:
+        ids = np.unique(groups[idx])
+        k = min(max(round(len(ids) * fraction), 1), len(ids) - 1) if len(ids) > 1 else 0
+        return idx[np.isin(groups[idx], rng.permutation(ids)[:k])]
+    strata = [idx] if labels is None else [idx[labels[idx] == c] for c in np.unique(labels[idx])]
+    taken = []
+    for rows in strata:
+        k = min(round(len(rows) * fraction), len(rows) - 1) if len(rows) >= 2 else 0
+        taken.append(rng.permutation(rows)[:k])
+    return np.sort(np.concatenate(taken)) if taken else idx[:0]
+
+
+def check_labels(labels: dict[str, dict]) -> list[str]:
+    """A classifier needs two classes in train, and no val/test label it never saw: fail before training."""
+    from tunesmith.data.classify import label_order
+
+    names = set(labels.get("train", {}))
+    if not names:
+        raise TunesmithError("no training rows left after reading and filtering; check data.train and data.on_error")
+    if len(names) < 2:
+        raise TunesmithError(f"the training data has a single class ({next(iter(names))!r}); a classifier needs at least two")
+    for name in ("val", "test"):
+        unseen = sorted(set(labels.get(name, {})) - names)
+        if unseen:
+            raise TunesmithError(f"the {name} split has labels that never occur in train: {unseen[:10]}")
+    return label_order(names)
+
+
+def length_stats(lengths: np.ndarray, bins: int = 20) -> dict:
+    if not len(lengths):
+        return {}
+    hi = max(int(lengths.max()), 1)
+    width = max(1, -(-hi // bins))
+    counts = np.bincount(np.minimum(lengths // width, bins - 1), minlength=bins)
+    return {"min": int(lengths.min()), "median": int(np.median(lengths)), "p95": int(np.percentile(lengths, 95)),
+            "max": int(lengths.max()), "histogram": {"bin_width": width, "counts": counts.tolist()}}
+
+
+def prepare(cfg: DataConfig, seed: int, out: Path, tokenizer: Callable[[], Any] | None = None) -> dict:
+    """Prepare the data into `out` (train/val/test.parquet, data_report.json); the folder is complete or absent."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        report = Preparer(cfg, seed, tokenizer).run(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return report

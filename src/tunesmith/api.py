@@ -77,6 +77,7 @@ def _tokenizer_of(cfg: RunConfig):
     def load():
         from transformers import AutoTokenizer
 
+        zoo.quiet_transformers()
         return AutoTokenizer.from_pretrained(zoo.resolve(cfg.model))
     return load
 

@@ -33,8 +33,8 @@ class CleanConfig(Strict):
 class DedupConfig(Strict):
     exact: bool = True  # same text after folding case, punctuation and whitespace
     near: bool = True  # MinHash LSH on character n-grams: near duplicates within and across splits
-    threshold: float = Field(0.8, gt=0.0, le=1.0)  # Jaccard similarity from which two texts are near duplicates
-    ngram: int = Field(5, ge=1)  # characters per shingle
+    threshold: float = Field(0.7, gt=0.0, le=1.0)  # Jaccard similarity from which two texts are near duplicates
+    ngram: int = Field(3, ge=1)  # characters per shingle (3: one edit in a 60-character text keeps Jaccard near 0.9)
     num_perm: int = Field(128, ge=16)  # MinHash permutations
 
 

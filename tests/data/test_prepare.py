@@ -46,8 +46,9 @@ def test_near_duplicates_within_and_across_splits(tmp_path):
     test, train = tmp_path / "test.jsonl", tmp_path / "train.jsonl"
     test.write_text(json.dumps({"text": base, "label": "good"}) + "\n")
     rng = np.random.default_rng(0)
-    words = "apple river green loud table seven cloud quiet paper orange winter stone music fast window".split()
-    other = [" ".join(rng.choice(words, 10)) for _ in range(30)]
+    words = ("apple river green loud table seven cloud quiet paper orange winter stone music fast window bread "
+             "silver candle forest engine pocket ladder violet harbor lemon tiger marble rocket velvet canyon").split()
+    other = [" ".join(rng.choice(words, 10, replace=False)) for _ in range(30)]
     lines = [{"text": t, "label": "bad" if i % 2 else "good"} for i, t in enumerate(other)]
     lines += [{"text": base.replace("quick", "quik"), "label": "good"},  # a near copy of the test row: leakage
               {"text": other[0] + " today", "label": "good"}]  # a near copy of a train row
@@ -105,7 +106,7 @@ def test_bad_rows_fail_with_line_or_are_skipped_and_counted(tmp_path):
     p.write_text(good + '{"text": "oops"\n{"text": "", "label": "1"}\n{"label": "0"}\n')
     with pytest.raises(TunesmithError, match=r"d\.jsonl:21: invalid JSON"):
         run(tmp_path, train=str(p))
-    report, _ = run(tmp_path, train=str(p), on_error="skip", test_fraction=0, val_fraction=0)
+    report, _ = run(tmp_path, train=str(p), on_error="skip", test_fraction=0, val_fraction=0, dedup={"near": False})
     f = report["files"]["train"]
     assert f["rows_read"] == 23 and f["rows_kept"] == 20
     assert f["steps"][0]["removed"] == {"invalid JSON": 1}
@@ -132,8 +133,23 @@ def test_split_column(tmp_path):
     p = tmp_path / "d.csv"
     rows = [f"text {i},{'ab'[i % 2]},{['train', 'train', 'Validation', 'test'][i % 4]}" for i in range(40)]
     p.write_text("text,label,part\n" + "\n".join(rows) + "\n")
-    report, _ = run(tmp_path, train=str(p), split_column="part")
+    report, _ = run(tmp_path, train=str(p), split_column="part", dedup={"near": False})
     assert report["rows"] == {"train": 20, "val": 10, "test": 10}
     p.write_text("text,label,part\nx,a,train\ny,b,holdout\n")
     with pytest.raises(TunesmithError, match=r"'part' is 'holdout', not one of train, val, test"):
         run(tmp_path, train=str(p), split_column="part")
+
+
+def test_pii_is_replaced_and_never_reaches_the_output(tmp_path):
+    p = tmp_path / "d.jsonl"
+    rows = [{"text": f"ticket {w}: mail jane.doe{i}@example.com or call +44 20 7946 0{i:03d} about {w}", "label": str(i % 2)}
+            for i, w in enumerate("alpha bravo charlie delta echo foxtrot golf hotel india juliet".split())]
+    rows.append(dict(rows[0]))  # a duplicate: shown in the report's removed examples, anonymised
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report, out = run(tmp_path, train=str(p), val_fraction=0, test_fraction=0,
+                      pii={"entities": ["EMAIL", "PHONE"]}, dedup={"near": False})
+    assert report["pii"]["replaced"] == {"EMAIL": 10, "PHONE": 10}
+    assert out["train"][0]["text"] == "ticket alpha: mail <EMAIL> or call <PHONE> about alpha"
+    assert report["files"]["train"]["removed_examples"]["exact duplicate"][0]["text"].startswith("ticket alpha: mail <EMAIL>")
+    for f in (tmp_path / "out").iterdir():
+        assert b"example.com" not in f.read_bytes() and b"7946" not in f.read_bytes()

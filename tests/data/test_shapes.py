@@ -112,7 +112,7 @@ def test_bad_rows_are_errors_with_line_or_skipped_and_counted(tmp_path):
     report, kept = run(tmp_path, train=path, on_error="skip")
     assert len(kept) == 1
     assert report["files"]["train"]["steps"][1]["removed"] == {
-        "no assistant turn to learn from": 1, "missing field 'messages'": 1, "message 1 (assistant) is empty": 1}
+        "no assistant turn to learn from": 1, "missing field 'messages'": 1, "message N (assistant) is empty": 1}
     mixed = write_jsonl(tmp_path / "m.jsonl", [rows[0], rows[2]])
     with pytest.raises(TunesmithError, match=r"m\.jsonl:2: missing field 'messages' \(this file's rows are chat; this row looks like preference\)"):
         run(tmp_path, train=mixed)

@@ -25,6 +25,8 @@ class Cleaner:
 
     def __call__(self, text: str) -> str:
         cfg = self.cfg
+        if text.isascii() and text.isprintable() and "<" not in text and "&" not in text:  # the common case, fast
+            return self._count("whitespace", text, " ".join(text.split())) if cfg.whitespace else text
         if cfg.unicode != "none" and not text.isascii():
             text = self._count("unicode", text, unicodedata.normalize(cfg.unicode, text))
         if "\r" in text:

@@ -7,8 +7,12 @@ then split (given files, a split column, or seeded slices of train) -> train/val
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
+import re
 import shutil
-from collections import Counter
+from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -29,6 +33,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
                "test": "test", "testing": "test"}
 BATCH = 4096
+MESSAGE_INDEX = re.compile(r"message \d+")
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMAS = {"classify": [("text", pa.string()), ("label", pa.string())],
            "instruction": [("prompt", pa.string()), ("response", pa.string())],
@@ -36,6 +41,12 @@ SCHEMAS = {"classify": [("text", pa.string()), ("label", pa.string())],
            "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
            "text": [("text", pa.string()), ("doc", pa.int64())]}
 EXAMPLES_PER_REASON = 3
+PII_WORKERS = max(1, (os.cpu_count() or 1) - 1)  # the main process reads, cleans and deduplicates meanwhile
+_WORKER_ANONYMISER = None  # set before forking PII workers; they inherit it
+
+
+def _anonymise_in_worker(texts: list[str]) -> tuple[list[str], Counter]:
+    return _WORKER_ANONYMISER.anonymise(texts)
 
 
 @dataclass
@@ -78,19 +89,55 @@ class Preparer:
     # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
 
     def pool(self, name: str, path: str, out: Path, split_col: str | None) -> tuple[Path, Funnel]:
+        """Batches are cleaned and deduplicated here, in order; their PII runs in worker processes meanwhile."""
         funnel = Funnel(str(path))
         dest = out / f".pool-{name}.parquet"
-        writer = None
+        writer, pending = None, deque()
         rows = self._examples(path, funnel, split_col)
-        while batch := list(islice(rows, BATCH)):
-            table = self._batch(name if not split_col else "all", batch, funnel)
-            if table.num_rows:
-                writer = writer or pq.ParquetWriter(dest, table.schema)
-                writer.write_table(table)
+        with self._pii_workers() as workers:
+            while batch := list(islice(rows, BATCH)):
+                kept = self._kept(name if not split_col else "all", batch, funnel)
+                pending.append((kept, self._submit(workers, kept)))
+                while pending and (len(pending) > 2 * PII_WORKERS or pending[0][1] is None or pending[0][1].ready()):
+                    writer = self._write(writer, dest, *pending.popleft())
+            while pending:
+                writer = self._write(writer, dest, *pending.popleft())
         if writer is None:
             raise TunesmithError(f"{path}: no rows left after reading and filtering" + _why(funnel))
         writer.close()
         return dest, funnel
+
+    @contextmanager
+    def _pii_workers(self):
+        """A pool of forked workers that inherit the loaded anonymiser (no second spaCy/Presidio load)."""
+        global _WORKER_ANONYMISER
+        if not self.cfg.pii or PII_WORKERS < 1 or "fork" not in mp.get_all_start_methods():
+            yield None
+            return
+        _WORKER_ANONYMISER = self._anonymiser()
+        pool = mp.get_context("fork").Pool(PII_WORKERS)
+        try:
+            yield pool
+        finally:
+            pool.terminate()
+            _WORKER_ANONYMISER = None
+
+    def _submit(self, workers, kept: list[tuple[dict, str | None]]):
+        if workers is None or not kept:
+            return None
+        return workers.apply_async(_anonymise_in_worker, ([t for ex, _ in kept for t in texts_of(self.mapper.shape, ex)],))
+
+    def _write(self, writer, dest: Path, kept: list[tuple[dict, str | None]], job) -> pq.ParquetWriter | None:
+        if not kept:
+            return writer
+        flat = None
+        if job is not None:
+            flat, counts = job.get()
+            self.pii_counts.update(counts)
+        table = self._table(self._anonymised(kept, flat), [p for _, p in kept])
+        writer = writer or pq.ParquetWriter(dest, table.schema)
+        writer.write_table(table)
+        return writer
 
     def _examples(self, path: str, funnel: Funnel, split_col: str | None) -> Iterator[tuple[str, dict, str | None]]:
         cfg = self.cfg
@@ -117,14 +164,13 @@ class Preparer:
             if problem:
                 if cfg.on_error == "fail":
                     raise TunesmithError(f"{rec.where}: {problem} (set data.on_error: skip to skip and count such rows)")
-                # counted under the reason without its details (a JSON error's column, a shape hint)
-                funnel.drop(step, problem.split(" (this file")[0] if step == "shape" else problem.split(" (")[0], rec.where)
+                funnel.drop(step, _reason(step, problem), rec.where)
             else:
                 yield rec.where, ex, part
             if cfg.max_rows and funnel.rows_read >= cfg.max_rows:
                 break
 
-    def _batch(self, split: str, batch: list, funnel: Funnel) -> pa.Table:
+    def _kept(self, split: str, batch: list, funnel: Funnel) -> list[tuple[dict, str | None]]:
         shape, lo, hi = self.mapper.shape, self.cfg.clean.min_chars, self.cfg.clean.max_chars
         kept = []
         for where, ex, part in batch:
@@ -144,18 +190,20 @@ class Preparer:
             else:
                 rows.append((ex, part))
         funnel.rows_kept += len(rows)
-        return self._table([ex for ex, _ in self._anonymised(rows)], [p for _, p in rows])
+        return rows
 
-    def _anonymised(self, rows: list[tuple[dict, str | None]]) -> list[tuple[dict, str | None]]:
-        if not self.cfg.pii or not rows:
-            return rows
+    def _anonymised(self, rows: list[tuple[dict, str | None]], flat: list[str] | None) -> list[dict]:
+        """The examples with their texts anonymised (`flat`: done by a worker already, in texts_of order)."""
+        if not self.cfg.pii:
+            return [ex for ex, _ in rows]
         shape = self.mapper.shape
         texts = [texts_of(shape, ex) for ex, _ in rows]
-        flat, counts = self._anonymiser().anonymise([t for ts in texts for t in ts])
-        self.pii_counts.update(counts)
+        if flat is None:
+            flat, counts = self._anonymiser().anonymise([t for ts in texts for t in ts])
+            self.pii_counts.update(counts)
         out, at = [], 0
-        for (ex, part), ts in zip(rows, texts):
-            out.append((with_texts(shape, ex, flat[at:at + len(ts)]), part))
+        for (ex, _), ts in zip(rows, texts):
+            out.append(with_texts(shape, ex, flat[at:at + len(ts)]))
             at += len(ts)
         return out
 
@@ -299,6 +347,13 @@ class Preparer:
             clean, _ = self._anonymiser().anonymise([ex["text"] for ex in shown])
             for ex, text in zip(shown, clean):
                 ex["text"] = text
+
+
+def _reason(step: str, problem: str) -> str:
+    """Rows are counted under the problem without its details (a JSON error's column, a message's index)."""
+    if step == "shape":
+        return MESSAGE_INDEX.sub("message N", problem.split(" (this file")[0])
+    return problem.split(" (")[0]
 
 
 def _why(funnel: Funnel) -> str:

@@ -107,7 +107,7 @@ def test_prepare_reports_splits_without_training(tmp_path, fixtures):
     bad = tmp_path / "d.jsonl"
     bad.write_text("".join(f'{{"text": "row {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(40)) + "not json\n")
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "minilm-l6", "data": {"train": str(bad), "on_error": "skip"}}))
+    cfg.write_text(yaml.safe_dump({"model": "minilm-l6", "data": {"train": str(bad), "on_error": "skip", "dedup": {"near": False}}}))
     result = runner.invoke(app, ["prepare", str(cfg), "--out", str(tmp_path / "prep")])
     assert result.exit_code == 0, result.output
     assert "1 x invalid JSON" in result.output and "prepared splits" in result.output

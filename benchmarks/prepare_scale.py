@@ -1,7 +1,7 @@
 """Data preparation at scale: 1,000,000 rows built from the real SST-2 train set, with planted near duplicates.
 
 Rows: pairs of SST-2 sentences ("A B", label of A), so that a million rows are distinct; then a share of them
-is followed, a little later in the file, by a near copy made with one edit (a typo, a word dropped, added or
+of 60 characters or more is followed, a little later in the file, by a near copy made with one edit (a typo, a word dropped, added or
 swapped, a change of case and punctuation) and a few carry an e-mail or phone number. `tunesmith prepare`
 runs with cleaning, exact and MinHash near dedup and regex-level PII (no NER) in a child process whose peak RSS
 is read with os.wait4. A planted copy counts as found when it is not among the kept rows.
@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "sst2"
+# A copy counts as a near duplicate when its one edit changes a small share of the text: one word in a 60+
+# character row (a word swapped in a 20-character row is a different text, Jaccard ~0.5 by any shingling).
+MIN_PLANT_CHARS = 60
 FILLERS = ["really", "quite", "just", "very", "still", "also", "even", "truly"]
 
 
@@ -64,7 +67,7 @@ def build(sentences: list[tuple[str, str]], rows: int, planted_share: float, pat
                 text = f"{a} {b}"
                 if rng.random() < 0.01:
                     text += rng.choice([f" write to fan{n}@example.org", f" call +44 20 7946 {n % 10000:04d}"])
-                if rng.random() < planted_share:
+                if len(text) >= MIN_PLANT_CHARS and rng.random() < planted_share:
                     copy = edit(text, rng)
                     if copy != text:
                         pending.append((copy, label))
@@ -132,6 +135,8 @@ def main() -> None:
            "found_share": round(found / max(len(planted), 1), 4), "other_rows_removed": base_removed,
            "rows_kept": sum(report["rows"].values()), "removed_by_step": {s["step"]: s["removed"] for s in removed},
            "pii_replaced": report["pii"]["replaced"], "config": config["data"] | {"train": "(generated)"},
+           "planting": {"share": args.planted, "min_chars": MIN_PLANT_CHARS, "edits": "one of: two letters swapped, a word "
+                        "dropped (rows of 9+ words), a filler word added or swapped in, case and punctuation changed"},
            "targets": {"rows_per_s": ">= 20000", "peak_rss_mb": "<= 4000", "found_share": ">= 0.95"}}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "prepare_scale.json").write_text(json.dumps(out, indent=2) + "\n")

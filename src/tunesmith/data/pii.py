@@ -66,13 +66,16 @@ class Anonymiser:
         if self._nlp is not None:
             for spans, doc in zip(found, self._nlp.pipe(texts, batch_size=64)):
                 spans += _ner_spans(doc, self._ner_types)
-        return [_resolve(spans) for spans in found]
+        return [_resolve(spans) if spans else spans for spans in found]
 
     def anonymise(self, texts: list[str]) -> tuple[list[str], Counter]:
         """Texts with each span replaced by its placeholder, and how many of each type were replaced."""
         counts: Counter = Counter()
         out = []
         for text, spans in zip(texts, self.find(texts)):
+            if not spans:
+                out.append(text)
+                continue
             for s in reversed(spans):  # right to left: earlier offsets stay valid
                 text = text[:s.start] + PLACEHOLDERS[s.entity] + text[s.end:]
                 counts[s.entity] += 1

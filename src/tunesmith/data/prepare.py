@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tunesmith.config import DataConfig
+from tunesmith.config import DataConfig, DedupConfig
 from tunesmith.data.clean import Cleaner
-from tunesmith.data.dedup import Deduper, dedup_key
+from tunesmith.data.dedup import Deduper, dedup_key, minhashes
 from tunesmith.data.readers import read_records
 from tunesmith.data.shapes import Mapper, RowProblem, detect, texts_of, with_texts
 from tunesmith.errors import TunesmithError
@@ -41,12 +41,42 @@ SCHEMAS = {"classify": [("text", pa.string()), ("label", pa.string())],
            "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
            "text": [("text", pa.string()), ("doc", pa.int64())]}
 EXAMPLES_PER_REASON = 3
-PII_WORKERS = max(1, (os.cpu_count() or 1) - 1)  # the main process reads, cleans and deduplicates meanwhile
-_WORKER_ANONYMISER = None  # set before forking PII workers; they inherit it
+WORKERS = os.cpu_count() or 1  # they clean, hash and anonymise; the main process reads, dedups and writes
+_WORKER_ANONYMISER = None  # set before forking the workers; they inherit it
 
 
-def _anonymise_in_worker(texts: list[str]) -> tuple[list[str], Counter]:
+def _set_worker_anonymiser(anonymiser) -> None:
+    global _WORKER_ANONYMISER
+    _WORKER_ANONYMISER = anonymiser
+
+
+def _anonymise(texts: list[str], _) -> tuple[list[str], Counter]:
     return _WORKER_ANONYMISER.anonymise(texts)
+
+
+def _clean_and_sketch(rows: list[list[str]], cfg: DataConfig) -> tuple[list, list[str], Counter, list | None]:
+    """The per-row work that needs no state: cleaned texts, dedup keys and MinHash sketches (in a worker)."""
+    cleaner = Cleaner(cfg.clean)
+    cleaned = [[cleaner(t) for t in texts] for texts in rows]
+    keys = [dedup_key("\n".join(texts)) for texts in cleaned]
+    return cleaned, keys, cleaner.changed, minhashes(keys, cfg.dedup) if cfg.dedup.near else None
+
+
+class _Done:
+    """A job already run in this process, with the AsyncResult methods the pipeline uses."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self):
+        return self.value
+
+
+def _ready(job) -> bool:
+    return job is None or job.ready()
 
 
 @dataclass
@@ -79,7 +109,7 @@ class Preparer:
     def __init__(self, cfg: DataConfig, seed: int, tokenizer: Callable[[], Any] | None = None):
         self.cfg, self.seed, self.load_tokenizer = cfg, seed, tokenizer
         self.mapper: Mapper | None = None
-        self.cleaner = Cleaner(cfg.clean)
+        self.cleaning: Counter = Counter()  # texts each cleaning step changed
         self.deduper = Deduper(cfg.dedup)
         self.pii_counts: Counter = Counter()
         self.anonymiser = None
@@ -89,43 +119,55 @@ class Preparer:
     # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
 
     def pool(self, name: str, path: str, out: Path, split_col: str | None) -> tuple[Path, Funnel]:
-        """Batches are cleaned and deduplicated here, in order; their PII runs in worker processes meanwhile."""
+        """Each batch goes clean (here) -> MinHash (worker) -> dedup (here, in order) -> PII (worker) -> write (here),
+        so that the main process reads and cleans the next batches while the workers hash and anonymise."""
         funnel = Funnel(str(path))
         dest = out / f".pool-{name}.parquet"
-        writer, pending = None, deque()
+        split = name if not split_col else "all"
+        writer, hashing, anonymising = None, deque(), deque()
         rows = self._examples(path, funnel, split_col)
-        with self._pii_workers() as workers:
-            while batch := list(islice(rows, BATCH)):
-                kept = self._kept(name if not split_col else "all", batch, funnel)
-                pending.append((kept, self._submit(workers, kept)))
-                while pending and (len(pending) > 2 * PII_WORKERS or pending[0][1] is None or pending[0][1].ready()):
-                    writer = self._write(writer, dest, *pending.popleft())
-            while pending:
-                writer = self._write(writer, dest, *pending.popleft())
+        with self._workers() as workers:
+            more = True
+            while more or hashing or anonymising:
+                batch = list(islice(rows, BATCH)) if more else []
+                more = bool(batch)
+                if batch:
+                    texts = [texts_of(self.mapper.shape, ex) for _, ex, _ in batch]
+                    hashing.append((batch, self._run(workers, _clean_and_sketch, texts, self.cfg)))
+                while hashing and (not more or len(hashing) > 2 * WORKERS or hashing[0][1].ready()):
+                    batch, job = hashing.popleft()
+                    kept = self._deduplicated(split, self._length_checked(batch, *job.get(), funnel), funnel)
+                    texts = [t for ex, _ in kept for t in texts_of(self.mapper.shape, ex)] if self.cfg.pii else None
+                    anonymising.append((kept, self._run(workers, _anonymise, texts, None) if texts else None))
+                while anonymising and (not (more or hashing) or len(anonymising) > 2 * WORKERS or _ready(anonymising[0][1])):
+                    writer = self._write(writer, dest, *anonymising.popleft())
         if writer is None:
             raise TunesmithError(f"{path}: no rows left after reading and filtering" + _why(funnel))
         writer.close()
         return dest, funnel
 
     @contextmanager
-    def _pii_workers(self):
-        """A pool of forked workers that inherit the loaded anonymiser (no second spaCy/Presidio load)."""
+    def _workers(self):
+        """Forked workers inherit the loaded anonymiser (no second spaCy/Presidio load); without fork, or with
+        one core, the jobs run here."""
         global _WORKER_ANONYMISER
-        if not self.cfg.pii or PII_WORKERS < 1 or "fork" not in mp.get_all_start_methods():
+        if WORKERS < 1 or "fork" not in mp.get_all_start_methods():
             yield None
             return
-        _WORKER_ANONYMISER = self._anonymiser()
-        pool = mp.get_context("fork").Pool(PII_WORKERS)
+        _WORKER_ANONYMISER = self._anonymiser() if self.cfg.pii else None
+        pool = mp.get_context("fork").Pool(WORKERS)
         try:
             yield pool
         finally:
             pool.terminate()
             _WORKER_ANONYMISER = None
 
-    def _submit(self, workers, kept: list[tuple[dict, str | None]]):
-        if workers is None or not kept:
-            return None
-        return workers.apply_async(_anonymise_in_worker, ([t for ex, _ in kept for t in texts_of(self.mapper.shape, ex)],))
+    def _run(self, workers, fn, items: list, arg):
+        if workers is None:
+            if fn is _anonymise:
+                _set_worker_anonymiser(self._anonymiser())
+            return _Done(fn(items, arg))
+        return workers.apply_async(fn, (items, arg))
 
     def _write(self, writer, dest: Path, kept: list[tuple[dict, str | None]], job) -> pq.ParquetWriter | None:
         if not kept:
@@ -170,21 +212,26 @@ class Preparer:
             if cfg.max_rows and funnel.rows_read >= cfg.max_rows:
                 break
 
-    def _kept(self, split: str, batch: list, funnel: Funnel) -> list[tuple[dict, str | None]]:
+    def _length_checked(self, batch: list, cleaned: list, keys: list, changed: Counter, sketches: list | None,
+                        funnel: Funnel) -> list[tuple]:
+        """(where, texts, example, part, key, sketch) of the cleaned rows that pass the length filter."""
+        self.cleaning.update(changed)
         shape, lo, hi = self.mapper.shape, self.cfg.clean.min_chars, self.cfg.clean.max_chars
         kept = []
-        for where, ex, part in batch:
-            texts = [self.cleaner(t) for t in texts_of(shape, ex)]
+        for n, ((where, ex, part), texts) in enumerate(zip(batch, cleaned)):
             shortest, longest = min(map(len, texts)), max(map(len, texts))
             if shortest < lo:
                 funnel.drop("length", "empty after cleaning" if shortest == 0 else f"shorter than {lo} characters", where, texts[0])
             elif hi and longest > hi:
                 funnel.drop("length", f"longer than {hi} characters", where, texts[0])
             else:
-                kept.append((where, texts, with_texts(shape, ex, texts), part))
-        verdicts = self.deduper.check(split, [dedup_key("\n".join(t)) for _, t, _, _ in kept])
+                kept.append((where, texts, with_texts(shape, ex, texts), part, keys[n], sketches[n] if sketches else None))
+        return kept
+
+    def _deduplicated(self, split: str, cleaned: list[tuple], funnel: Funnel) -> list[tuple[dict, str | None]]:
+        verdicts = self.deduper.check(split, [c[4] for c in cleaned], [c[5] for c in cleaned] if self.cfg.dedup.near else None)
         rows = []
-        for (where, texts, ex, part), why in zip(kept, verdicts):
+        for (where, texts, ex, part, _, _), why in zip(cleaned, verdicts):
             if why:
                 funnel.drop("dedup", why, where, texts[0])
             else:
@@ -255,7 +302,7 @@ class Preparer:
             pools[name], funnels[name] = self.pool(name, path, out, cfg.split_column if name == "train" else None)
         report: dict = {"shape": self.mapper.shape, "fields": self.mapper.fields,
                         "files": {n: f.report() for n, f in funnels.items()},
-                        "cleaning": {"texts_changed": dict(self.cleaner.changed)},
+                        "cleaning": {"texts_changed": dict(self.cleaning)},
                         "pii": {"replaced": dict(self.pii_counts), "entities": cfg.pii.entities} if cfg.pii else
                         {"replaced": {}, "note": "not anonymised (set data.pii to replace personal data)"}}
         assign = self._assign(pools["train"], given=set(files) - {"train"}, report=report)

@@ -6,6 +6,7 @@ import codecs
 import csv
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -41,7 +42,7 @@ def detect_format(path: Path, fmt: str, delimited: bool = False) -> str:
 
 def read_text(path: Path, encoding: str = "auto") -> str:
     """Decode a whole (small) file, detecting latin-1/cp1252 and friends so they never come out as mojibake."""
-    with open_text(path, encoding) as f:
+    with open_text(path, encoding) as f, decoding_errors(path):
         return f.read()
 
 
@@ -58,7 +59,7 @@ def open_text(path: Path, encoding: str = "auto") -> io.TextIOBase:
         codecs.lookup(encoding)
     except LookupError:
         raise TunesmithError(f"{path}: unknown encoding {encoding!r} in data.encoding") from None
-    return _Decoding(path, encoding)
+    return io.TextIOWrapper(path.open("rb"), encoding=encoding, newline="")
 
 
 def _is_utf8(f, head: bytes) -> bool:
@@ -87,24 +88,14 @@ def _detect_encoding(path: Path) -> str:
     return (western or matches)[0].encoding
 
 
-class _Decoding(io.TextIOWrapper):
-    """A text file whose decoding errors name the file, as every user-facing error here does."""
-
-    def __init__(self, path: Path, encoding: str):
-        super().__init__(path.open("rb"), encoding=encoding, newline="")
-        self.path = path
-
-    def __next__(self) -> str:
-        try:
-            return super().__next__()
-        except UnicodeDecodeError as err:
-            raise TunesmithError(f"{self.path}: cannot decode as {self.encoding}: {err}") from None
-
-    def read(self, size: int = -1) -> str:
-        try:
-            return super().read(size)
-        except UnicodeDecodeError as err:
-            raise TunesmithError(f"{self.path}: cannot decode as {self.encoding}: {err}") from None
+@contextmanager
+def decoding_errors(path: Path):
+    """A decoding error while streaming names the file, as every user-facing error here does."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise TunesmithError(f"{path}: cannot decode as {err.encoding}: {err.reason} at byte {err.start}; "
+                             f"set data.encoding") from None
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -151,7 +142,7 @@ def _read_delimited(path: Path, fmt: str, delimiter: str | None, columns: list[s
     sep = delimiter or ("\t" if fmt == "tsv" else ",")
     # TSV files (GLUE and friends) do not quote; quotes inside a sentence are literal.
     quoting = csv.QUOTE_NONE if sep != "," else csv.QUOTE_MINIMAL
-    with open_text(path, encoding) as f:
+    with open_text(path, encoding) as f, decoding_errors(path):
         yield from _rows(csv.reader(f, delimiter=sep, quoting=quoting), path, fmt, sep, columns)
 
 
@@ -177,7 +168,7 @@ def _rows(reader, path: Path, fmt: str, sep: str, header: list[str] | None) -> I
 
 
 def _read_jsonl(path: Path, encoding: str) -> Iterator[Record]:
-    with open_text(path, encoding) as f:
+    with open_text(path, encoding) as f, decoding_errors(path):
         yield from _json_lines(f, path)
 
 

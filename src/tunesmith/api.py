@@ -16,11 +16,11 @@ from tunesmith.data.classify import Split, read_prepared, read_split
 from tunesmith.data.prepare import Preparer, prepare
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.calibration import softmax
-from tunesmith.methods import classify
+from tunesmith.methods import classify, sft
 from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json
 
-METHODS = {"classify": classify.run}
-SHAPES = {"classify": ("classify",)}  # the data shapes each method trains on
+METHODS = {"classify": classify.run, "sft": sft.run, "pretrain": sft.run}
+SHAPES = {"classify": ("classify",), "sft": ("chat", "instruction"), "pretrain": ("text",)}  # what each trains on
 
 
 def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *, resume: str | Path | None = None,
@@ -90,13 +90,22 @@ def _as_config(config, overrides) -> RunConfig:
     return load_config(config, overrides)
 
 
+HEADLINE = ("accuracy", "macro_f1", "perplexity")
+
+
 def headline(report: dict) -> dict:
-    out = {}
-    for who in ("tuned", "baseline"):
-        if who in report:
-            out[f"{who}_accuracy"] = round(report[who]["accuracy"], 4)
-            out[f"{who}_macro_f1"] = round(report[who]["macro_f1"], 4)
-    return out
+    return {f"{who}_{key}": round(report[who][key], 4) for who in ("tuned", "baseline") if who in report
+            for key in HEADLINE if key in report[who]}
+
+
+def generate(run: str | Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0) -> list[str]:
+    """Replies of a run's causal LM (sft/pretrain) to single-turn prompts, with its chat template."""
+    model_dir = find_run_dir(run) / "model"
+    meta = json.loads((model_dir / "tunesmith.json").read_text())
+    if meta["method"] not in ("sft", "pretrain"):
+        raise TunesmithError(f"{run}: a {meta['method']} run has no text generator; use tunesmith predict")
+    return sft.generate(model_dir, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
 
 def predict(run: str | Path, texts: list[str], *, top_k: int | None = None) -> list[dict]:
@@ -169,4 +178,4 @@ def pull_model(name: str) -> Path:
     return zoo.pull(name)
 
 
-__all__ = ["train", "prepare_data", "predict", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]
+__all__ = ["train", "prepare_data", "predict", "generate", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]

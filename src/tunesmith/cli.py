@@ -98,9 +98,10 @@ def print_eval(run_dir: Path) -> None:
         if "baseline" in ev:
             table.add_column("untuned baseline", justify="right")
         table.add_column("fine-tuned", justify="right")
-        for key in ("accuracy", "macro_f1", "ece", "ece_calibrated"):
-            cells = ([f"{ev['baseline'][key]:.4f}"] if "baseline" in ev else []) + [f"{ev['tuned'][key]:.4f}"]
-            table.add_row(key, *cells)
+        for key in ("accuracy", "macro_f1", "ece", "ece_calibrated", "loss", "perplexity"):
+            if key in ev["tuned"]:
+                cells = ([f"{ev['baseline'][key]:.4f}"] if "baseline" in ev else []) + [f"{ev['tuned'][key]:.4f}"]
+                table.add_row(key, *cells)
         out.print(table)
     t = ev["train"]
     out.print(f"trained {t['steps']} steps in {t['seconds']} s ({t['examples_per_s']} examples/s, {t['precision']})")
@@ -128,6 +129,33 @@ def predict(
             print(json.dumps({"text": text} | res))
         else:
             out.print(f"{res['label']}\t{res['confidence']:.3f}\t{text}", highlight=False, markup=False)
+
+
+@app.command()
+@user_errors
+def generate(
+    run: Annotated[str, typer.Argument(help="Run directory, id or name (an sft or pretrain run).")],
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="A file with one prompt per line ('-' for stdin).")] = None,
+    text: Annotated[Optional[list[str]], typer.Argument(help="Prompts.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write JSON lines {prompt, reply} here.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+):
+    """Replies of a run's model to prompts (greedy at temperature 0), batched."""
+    items = list(text or [])
+    if prompts is not None:
+        source = sys.stdin.read() if str(prompts) == "-" else _read_lines(prompts)
+        items += [ln for ln in source.splitlines() if ln.strip()]
+    if not items:
+        raise TunesmithError("nothing to generate: give prompts as arguments or --prompts FILE")
+    replies = _api().generate(run, items, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    lines = [json.dumps({"prompt": p, "reply": r}, ensure_ascii=False) for p, r in zip(items, replies)]
+    if out_file:
+        out_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        out.print(f"{len(lines)} replies: {out_file}")
+    else:
+        print("\n".join(lines))
 
 
 def _read_lines(path: Path) -> str:

@@ -127,7 +127,7 @@ class EvalConfig(Strict):
 class RunConfig(Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str  # an alias (tunesmith models list), a hub id (cached) or a local folder
-    method: Literal["classify"] = "classify"
+    method: Literal["classify", "sft", "pretrain"] = "classify"  # sft: chat/instruction; pretrain: raw text
     data: DataConfig
     lora: LoraConfig | None = None  # omit for full fine-tuning
     train: TrainConfig = TrainConfig()

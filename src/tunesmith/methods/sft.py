@@ -1,0 +1,217 @@
+"""Causal-LM fine-tuning: `sft` on chat and instruction data (loss on the assistant's tokens, end-of-turn
+included, so the tuned model learns to stop), and `pretrain` on raw-text chunks (loss on every token).
+The loop lives in train/loop.py; this module builds the model, the token batches and the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from tunesmith import zoo
+from tunesmith.config import LoraConfig, RunConfig
+from tunesmith.errors import TunesmithError
+from tunesmith.methods.classify import order_batches, save_model, set_dropout
+from tunesmith.train.loop import Batch, Task, fit
+
+IGNORE = -100
+FALLBACK_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"  # for tokenizers without a chat template
+
+
+def build_model(model_dir, *, dropout: float | None = None, lora: LoraConfig | None = None) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    zoo.quiet_transformers()
+    config = AutoConfig.from_pretrained(model_dir)
+    if dropout is not None:
+        set_dropout(config, dropout)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig as PeftLora, TaskType, get_peft_model
+
+        model = get_peft_model(model, PeftLora(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
+                                               lora_dropout=lora.dropout, target_modules=lora.targets))
+    return model
+
+
+def as_messages(row: dict) -> list[dict]:
+    if "messages" in row:
+        return row["messages"]
+    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+
+
+def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as the model sees it, and the character spans the loss is taken on: each assistant
+    reply with its end-of-turn marker. Spans come from rendering growing prefixes of the conversation."""
+    if not tokenizer.chat_template:
+        prompt = "\n\n".join(m["content"] for m in messages[:-1])
+        head = FALLBACK_TEMPLATE.format(prompt=prompt)
+        text = head + messages[-1]["content"] + tokenizer.eos_token
+        return text, [(len(head), len(text))]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for k, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True) if k else ""
+        through = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        if not (text.startswith(through) and through.startswith(before)):
+            raise TunesmithError("the tokenizer's chat template does not render a conversation as a sequence of "
+                                 "turns (prefixes differ); sft needs one that does")
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+class Tokens:
+    """Token ids and loss targets of one split; counts what truncation cut."""
+
+    def __init__(self, tokenizer, rows: list[dict], max_length: int, shape: str):
+        self.ids, self.targets = [], []
+        self.truncated = self.replies_cut = self.dropped = 0
+        for row in rows:
+            if shape == "text":
+                ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+                targets = list(ids)
+            else:
+                text, spans = render(tokenizer, as_messages(row))
+                enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ids = enc["input_ids"]
+                targets = [t if any(a <= s < b for a, b in spans) else IGNORE for t, (s, _) in zip(ids, enc["offset_mapping"])]
+            if len(ids) > max_length:
+                self.truncated += 1
+                self.replies_cut += int(any(t != IGNORE for t in targets[max_length:]))
+                ids, targets = ids[:max_length], targets[:max_length]
+            if sum(t != IGNORE for t in targets[1:]) == 0:
+                self.dropped += 1  # nothing left to learn from (the reply lies beyond max_length)
+                continue
+            self.ids.append(ids)
+            self.targets.append(targets)
+        self.lengths = np.array([len(x) for x in self.ids], dtype=np.int64)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def collate(self, idx) -> Batch:
+        width = int(self.lengths[idx].max())
+        input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = self.lengths[i]
+            input_ids[row, :n] = torch.tensor(self.ids[i])
+            labels[row, :n] = torch.tensor(self.targets[i])
+            mask[row, :n] = 1
+        n_targets = int((labels[:, 1:] != IGNORE).sum())
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "n": n_targets, "examples": len(idx)}
+
+    def report(self) -> dict:
+        return {"examples": len(self), "truncated": self.truncated, "replies_cut": self.replies_cut,
+                "dropped_no_target_left": self.dropped, "target_tokens": int(sum((np.array(t[1:]) != IGNORE).sum() for t in self.targets))}
+
+
+def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Cross-entropy summed over target tokens; position t predicts token t+1."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE,
+                           reduction="sum")
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, data: Tokens, batch_size: int = 8) -> float:
+    """Mean loss per target token over a split (its exp is the perplexity)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    order = np.argsort(-data.lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        b = data.collate(order[i: i + batch_size])
+        total += token_loss(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}).item()
+        n += b["n"]
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def loss_metrics(loss: float) -> dict[str, float]:
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def make_task(model: torch.nn.Module, train: Tokens, val: Tokens | None, cfg: RunConfig) -> Task:
+    t = cfg.train
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        return loss_metrics(mean_loss(m, val, t.batch_size))
+
+    return Task(model=model, batches=batches, loss=token_loss, collate=train.collate,
+                evaluate=evaluate if val is not None and len(val) else None)
+
+
+def read_rows(folder: Path) -> dict[str, list[dict]]:
+    return {name: pq.read_table(folder / f"{name}.parquet").to_pylist()
+            for name in ("train", "val", "test") if (folder / f"{name}.parquet").is_file()}
+
+
+# ---- the recipe: read top to bottom ---------------------------------------------------------------------
+
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict:
+    """Prepared data -> base model's test loss -> fine-tune -> save model/ (LoRA merged) -> tuned test loss."""
+    from transformers import AutoTokenizer
+
+    report_data = json.loads((run_dir / "data" / "data_report.json").read_text())
+    model_dir = zoo.resolve(cfg.model)
+    zoo.quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    shape = report_data["shape"]
+    tokens = {name: Tokens(tokenizer, rows, cfg.train.max_length, shape) for name, rows in read_rows(run_dir / "data").items()}
+    if not len(tokens["train"]):
+        raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
+    test = tokens.get("test")
+    base = loss_metrics(mean_loss(model, test, cfg.train.batch_size)) if test is not None and len(test) and cfg.eval.baseline else None
+    result = fit(make_task(model, tokens["train"], tokens.get("val"), cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
+    if cfg.lora:
+        model = model.merge_and_unload()
+    meta = {"method": cfg.method, "base_model": cfg.model, "base_path": str(model_dir), "max_length": cfg.train.max_length,
+            "lora_merged": cfg.lora is not None}
+    save_model(model, tokenizer, meta, run_dir / "model")
+    report = {"method": cfg.method, "data": {name: tok.report() for name, tok in tokens.items()},
+              "train": {"steps": result.steps, "epochs": round(result.epochs_done, 3), "examples": result.examples,
+                        "seconds": round(result.train_seconds, 2), "examples_per_s": round(result.examples_per_s, 2),
+                        "precision": result.precision, "precision_reason": result.precision_reason,
+                        "device": result.device, "stopped_early": result.stopped_early, "best_val": result.best}}
+    if test is not None and len(test):
+        report |= {"test_rows": len(test), "tuned": loss_metrics(mean_loss(model, test, cfg.train.batch_size))}
+        if base:
+            report["baseline"] = base
+    return report
+
+
+def generate(model_dir: Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0) -> list[str]:
+    """Replies to single-turn prompts with the tokenizer's chat template; greedy at temperature 0."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    zoo.quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             if tokenizer.chat_template else FALLBACK_TEMPLATE.format(prompt=p) for p in prompts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+    return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]

@@ -122,6 +122,10 @@ class EvalConfig(Strict):
     baseline: bool = True  # also score the untuned model on the same test set
     calibrate: bool = True  # fit a temperature on validation
     bins: int = Field(15, ge=2)  # bins of the reliability diagram and ECE
+    generate: int = Field(0, ge=0)  # sft: generate replies for this many test rows, scored by ROUGE/BLEU/exact match
+    max_new_tokens: int = Field(128, gt=0)  # sft: the longest generated reply
+    general_text: str | None = None  # sft/pretrain: a general-text file; perplexity on it before/after = forgetting
+    general_tokens: int = Field(20000, gt=0)  # at most this many tokens of general_text are scored
 
 
 class RunConfig(Strict):
@@ -213,6 +217,8 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         value = getattr(cfg.data, field)
         if value and not value.startswith("pkg:") and not Path(value).is_absolute():
             setattr(cfg.data, field, str((base / value).resolve()))
+    if cfg.eval.general_text and not Path(cfg.eval.general_text).is_absolute():
+        cfg.eval.general_text = str((base / cfg.eval.general_text).resolve())
     if cfg.model.startswith((".", "/")) and not Path(cfg.model).is_absolute():
         cfg.model = str((base / cfg.model).resolve())
     return cfg

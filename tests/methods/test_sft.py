@@ -134,3 +134,14 @@ def test_wrong_shape_for_the_method_is_a_clear_error(tiny_lm, tmp_path, fixtures
 
     with pytest.raises(TunesmithError, match="method sft trains on chat or instruction data, but .* holds classify data"):
         api.train(sft_config(tiny_lm, tmp_path, fixtures / "sst2_train.tsv"), quiet=True)
+
+
+def test_generation_scores_and_forgetting_are_reported_for_base_and_tuned(tiny_lm, tmp_path, fixtures):
+    general = tmp_path / "general.txt"
+    general.write_text(" ".join(ln.split("\t")[0] for ln in (fixtures / "sst2_dev.tsv").read_text().splitlines()[1:]))
+    cfg = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", train={"epochs": 1},
+                     eval={"generate": 3, "max_new_tokens": 8, "general_text": str(general), "general_tokens": 500})
+    ev = json.loads((api.train(cfg, quiet=True) / "eval.json").read_text())
+    for who in ("baseline", "tuned"):
+        assert {"rougeL", "bleu", "exact_match", "general_perplexity", "perplexity"} <= set(ev[who])
+    assert len(ev["tuned"]["samples"]) == 3 and ev["forgetting"]["ppl_ratio"] > 0

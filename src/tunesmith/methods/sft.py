@@ -117,10 +117,16 @@ class Tokens:
 
 
 def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy summed over target tokens; position t predicts token t+1."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE,
-                           reduction="sum")
+    """Cross-entropy summed over target tokens; position t predicts token t+1. The LM head runs on the target
+    positions only: full (B, T, vocab) logits of a 49k-token vocabulary would be most of the memory."""
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE  # (B, T-1)
+    if getattr(model.config, "final_logit_softcapping", None):  # logits are post-processed: take the full path
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+    else:
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, vocab)
+    return F.cross_entropy(logits.float(), labels[keep], reduction="sum")
 
 
 @torch.no_grad()
@@ -177,8 +183,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)
     model = build_model(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
-    test = tokens.get("test")
-    base = loss_metrics(mean_loss(model, test, cfg.train.batch_size)) if test is not None and len(test) and cfg.eval.baseline else None
+    scores = Scores(cfg, tokenizer, tokens, read_rows(run_dir / "data").get("test") if shape != "text" else None)
+    base = scores(model) if cfg.eval.baseline else None
     result = fit(make_task(model, tokens["train"], tokens.get("val"), cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
     if cfg.lora:
         model = model.merge_and_unload()
@@ -190,28 +196,83 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
                         "seconds": round(result.train_seconds, 2), "examples_per_s": round(result.examples_per_s, 2),
                         "precision": result.precision, "precision_reason": result.precision_reason,
                         "device": result.device, "stopped_early": result.stopped_early, "best_val": result.best}}
-    if test is not None and len(test):
-        report |= {"test_rows": len(test), "tuned": loss_metrics(mean_loss(model, test, cfg.train.batch_size))}
+    tuned = scores(model)
+    if tuned:
+        report |= {"test_rows": len(tokens["test"]) if "test" in tokens else 0, "tuned": tuned}
         if base:
             report["baseline"] = base
+        if base and "general_perplexity" in tuned:
+            report["forgetting"] = {"general_text": cfg.eval.general_text, "general_tokens": cfg.eval.general_tokens,
+                                    "ppl_ratio": tuned["general_perplexity"] / base["general_perplexity"]}
     return report
 
 
 def generate(model_dir: Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0) -> list[str]:
-    """Replies to single-turn prompts with the tokenizer's chat template; greedy at temperature 0."""
+    """Replies of a saved model to single-turn prompts; greedy at temperature 0."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     zoo.quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             if tokenizer.chat_template else FALLBACK_TEMPLATE.format(prompt=p) for p in prompts]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+
+@torch.no_grad()
+def replies(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128, temperature: float = 0.0,
+            top_p: float = 1.0, batch_size: int = 8) -> list[str]:
+    """The next assistant reply to each conversation, in batches (left-padded)."""
+    was_training = model.training
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) if tokenizer.chat_template
+             else FALLBACK_TEMPLATE.format(prompt="\n\n".join(m["content"] for m in c)) for c in conversations]
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
-    return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        rows = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling)
+        out += [tokenizer.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for r in rows]
+    tokenizer.padding_side = side
+    model.train(was_training)
+    return out
+
+
+def general_tokens(tokenizer, path: str, max_length: int, limit: int) -> Tokens:
+    """Windows of max_length tokens of a general-text file (at most `limit` tokens), scored on every token."""
+    from tunesmith.data.readers import read_text
+
+    text = read_text(Path(path))
+    enc = tokenizer(text[: limit * 12], add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"][:limit]
+    rows = [{"text": text[w[0][0]:w[-1][1]]} for w in (offsets[i:i + max_length] for i in range(0, len(offsets), max_length))]
+    return Tokens(tokenizer, rows, max_length, "text")
+
+
+class Scores:
+    """What is scored before training and again after: test loss, generation metrics, general-text loss."""
+
+    def __init__(self, cfg: RunConfig, tokenizer, tokens: dict[str, Tokens], test_rows: list[dict] | None):
+        self.cfg, self.tokenizer, self.tokens = cfg, tokenizer, tokens
+        self.general = general_tokens(tokenizer, cfg.eval.general_text, cfg.train.max_length, cfg.eval.general_tokens) \
+            if cfg.eval.general_text else None
+        rows = (test_rows or [])[: cfg.eval.generate]
+        self.prompts = [as_messages(r)[:-1] for r in rows]
+        self.references = [[as_messages(r)[-1]["content"]] for r in rows]
+
+    def __call__(self, model) -> dict:
+        from tunesmith.eval.generation import text_metrics
+
+        out, test, bs = {}, self.tokens.get("test"), self.cfg.train.batch_size
+        if test is not None and len(test):
+            out |= loss_metrics(mean_loss(model, test, bs))
+        if self.general is not None:
+            out["general_perplexity"] = loss_metrics(mean_loss(model, self.general, bs))["perplexity"]
+        if self.prompts:
+            said = replies(model, self.tokenizer, self.prompts, max_new_tokens=self.cfg.eval.max_new_tokens)
+            out |= text_metrics(said, self.references)
+            out["samples"] = [{"prompt": p[-1]["content"][:500], "reply": r, "reference": ref[0]}
+                              for p, r, ref in list(zip(self.prompts, said, self.references))[:5]]
+        return out

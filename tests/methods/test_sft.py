@@ -123,7 +123,8 @@ def test_pretrain_on_text_chunks(tiny_lm, tmp_path, fixtures):
     docs = tmp_path / "docs.jsonl"
     texts = [ln.split("\t")[0] for ln in (fixtures / "sst2_train.tsv").read_text().splitlines()[1:201]]
     docs.write_text("".join(json.dumps({"text": " ".join(texts[i:i + 20])}) + "\n" for i in range(0, 200, 20)))
-    cfg = sft_config(tiny_lm, tmp_path, docs, method="pretrain", data={"shape": "text", "chunk_tokens": 64, "chunk_overlap": 8})
+    cfg = sft_config(tiny_lm, tmp_path, docs, method="pretrain", data={"shape": "text", "chunk_tokens": 64, "chunk_overlap": 8},
+                     train={"packing": True})
     run = api.train(cfg, quiet=True)
     ev = json.loads((run / "eval.json").read_text())
     assert ev["tuned"]["loss"] < ev["baseline"]["loss"]
@@ -145,3 +146,21 @@ def test_generation_scores_and_forgetting_are_reported_for_base_and_tuned(tiny_l
     for who in ("baseline", "tuned"):
         assert {"rougeL", "bleu", "exact_match", "general_perplexity", "perplexity"} <= set(ev[who])
     assert len(ev["tuned"]["samples"]) == 3 and ev["forgetting"]["ppl_ratio"] > 0
+
+
+def test_packed_loss_equals_the_loss_of_the_same_examples_unpacked(tiny_lm, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.methods.sft import Packed
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    rows = [{"messages": conversation(f"reply number {i} " * (i + 1))} for i in range(6)]
+    rows += [{"prompt": "Name a colour", "response": "Red, or blue."}]
+    tok = Tokens(tokenizer, rows, max_length=256, shape="chat")
+    packed = Packed(tok, max_length=int(tok.lengths.max()) * 3, seed=0)
+    assert len(packed) < len(tok)  # several examples share a row
+    with torch.no_grad():
+        together = sum(token_loss(model, packed.collate([r])) for r in range(len(packed)))
+        apart = sum(token_loss(model, tok.collate([i])) for i in range(len(tok)))
+    assert torch.allclose(together, apart, rtol=1e-5)
+    assert sum(packed.collate([r])["n"] for r in range(len(packed))) == sum(tok.collate([i])["n"] for i in range(len(tok)))

@@ -116,15 +116,72 @@ class Tokens:
                 "dropped_no_target_left": self.dropped, "target_tokens": int(sum((np.array(t[1:]) != IGNORE).sum() for t in self.targets))}
 
 
+class Packed:
+    """Examples packed first-fit (in a seeded order) into rows of at most max_length tokens. Each example's first
+    token is no target, as unpacked, so the previous example never predicts it."""
+
+    def __init__(self, tokens: Tokens, max_length: int, seed: int):
+        self.rows: list[list[int]] = []  # example indices per row
+        room: list[int] = []
+        for i in np.random.default_rng(seed).permutation(len(tokens)):
+            n = int(tokens.lengths[i])
+            row = next((r for r, left in enumerate(room) if left >= n), None)
+            if row is None:
+                self.rows.append([])
+                room.append(max_length)
+                row = len(room) - 1
+            self.rows[row].append(int(i))
+            room[row] -= n
+        self.tokens = tokens
+        self.lengths = np.array([sum(int(tokens.lengths[i]) for i in r) for r in self.rows], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def collate(self, idx) -> Batch:
+        tok, width = self.tokens, int(self.lengths[idx].max())
+        input_ids = torch.full((len(idx), width), tok.pad_id, dtype=torch.long)
+        labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+        positions = torch.zeros((len(idx), width), dtype=torch.long)
+        examples = 0
+        for row, r in enumerate(idx):
+            at = 0
+            for i in self.rows[r]:
+                n = int(tok.lengths[i])
+                input_ids[row, at:at + n] = torch.tensor(tok.ids[i])
+                labels[row, at + 1:at + n] = torch.tensor(tok.targets[i][1:])
+                positions[row, at:at + n] = torch.arange(n)
+                at += n
+            positions[row, at:] = torch.arange(width - at)  # padding: a block of its own, no targets
+            examples += len(self.rows[r])
+        n_targets = int((labels[:, 1:] != IGNORE).sum())
+        return {"input_ids": input_ids, "position_ids": positions, "attention_mask": block_causal_mask(positions),
+                "labels": labels, "n": n_targets, "examples": examples}
+
+
+def block_causal_mask(positions: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) additive mask: causal within each example (where positions restart), nothing across."""
+    start = positions[:, :1] - 1
+    segment = (torch.diff(positions, prepend=start, dim=-1) != 1).cumsum(-1)  # (B, T)
+    same = segment[:, :, None] == segment[:, None, :]
+    causal = torch.tril(torch.ones(positions.shape[1], positions.shape[1], dtype=torch.bool))
+    return torch.zeros(same.shape).masked_fill_(~(same & causal), torch.finfo(torch.float32).min)[:, None]
+
+
 def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Cross-entropy summed over target tokens; position t predicts token t+1. The LM head runs on the target
     positions only: full (B, T, vocab) logits of a 49k-token vocabulary would be most of the memory."""
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE  # (B, T-1)
+    # Packed rows carry position_ids that restart per example and a block-diagonal causal mask (4D), so no token
+    # attends across an example boundary. (transformers' own detection of packing from position_ids alone did not
+    # take effect here: measured, the loss then matched the unmasked one.)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
+              "position_ids": batch.get("position_ids")}
     if getattr(model.config, "final_logit_softcapping", None):  # logits are post-processed: take the full path
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+        logits = model(**inputs).logits[:, :-1][keep]
     else:
-        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model.get_decoder()(**inputs).last_hidden_state
         logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, vocab)
     return F.cross_entropy(logits.float(), labels[keep], reduction="sum")
 
@@ -149,8 +206,9 @@ def loss_metrics(loss: float) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
-def make_task(model: torch.nn.Module, train: Tokens, val: Tokens | None, cfg: RunConfig) -> Task:
+def make_task(model: torch.nn.Module, tokens: Tokens, val: Tokens | None, cfg: RunConfig) -> Task:
     t = cfg.train
+    train = Packed(tokens, t.max_length, t.seed) if t.packing else tokens
 
     def batches(epoch: int) -> list[np.ndarray]:
         return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)

@@ -101,11 +101,21 @@ def headline(report: dict) -> dict:
 def generate(run: str | Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0) -> list[str]:
     """Replies of a run's causal LM (sft/pretrain) to single-turn prompts, with its chat template."""
+    return sft.generate(_lm_dir(run), prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+
+def chat(run: str | Path, *, system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.7,
+         top_p: float = 0.9) -> "sft.ChatSession":
+    """A conversation with a run's causal LM: `session.send(text)` yields the reply as it is generated."""
+    return sft.ChatSession(_lm_dir(run), system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+
+
+def _lm_dir(run: str | Path) -> Path:
     model_dir = find_run_dir(run) / "model"
     meta = json.loads((model_dir / "tunesmith.json").read_text())
     if meta["method"] not in ("sft", "pretrain"):
         raise TunesmithError(f"{run}: a {meta['method']} run has no text generator; use tunesmith predict")
-    return sft.generate(model_dir, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    return model_dir
 
 
 def predict(run: str | Path, texts: list[str], *, top_k: int | None = None) -> list[dict]:
@@ -178,4 +188,4 @@ def pull_model(name: str) -> Path:
     return zoo.pull(name)
 
 
-__all__ = ["train", "prepare_data", "predict", "generate", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]
+__all__ = ["train", "prepare_data", "predict", "generate", "chat", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]

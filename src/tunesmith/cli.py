@@ -158,6 +158,31 @@ def generate(
         print("\n".join(lines))
 
 
+@app.command()
+@user_errors
+def chat(
+    run: Annotated[str, typer.Argument(help="Run directory, id or name (an sft or pretrain run).")],
+    system: Annotated[Optional[str], typer.Option(help="A system message to start the conversation.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
+):
+    """Talk to a run's model; replies stream as they are generated. An empty line, 'exit' or Ctrl-D ends it."""
+    session = _api().chat(run, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text or text in ("exit", "quit"):
+            break
+        sys.stdout.write("model> ")
+        for piece in session.send(text):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
 def _read_lines(path: Path) -> str:
     if not path.is_file():
         raise TunesmithError(f"file not found: {path}")

@@ -164,3 +164,38 @@ def test_packed_loss_equals_the_loss_of_the_same_examples_unpacked(tiny_lm, toke
         apart = sum(token_loss(model, tok.collate([i])) for i in range(len(tok)))
     assert torch.allclose(together, apart, rtol=1e-5)
     assert sum(packed.collate([r])["n"] for r in range(len(packed))) == sum(tok.collate([i])["n"] for i in range(len(tok)))
+
+
+def test_merged_saved_model_generates_what_the_adapter_generated(tiny_lm, tokenizer, tmp_path):
+    from peft import LoraConfig as PeftLora, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.methods.classify import save_model
+    from tunesmith.methods.sft import generate, replies
+
+    torch.manual_seed(1)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm), PeftLora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a trained-looking adapter
+    prompts = ["Say hi to me", "the film was good"]
+    with_adapter = replies(peft, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens=12)
+    save_model(peft.merge_and_unload(), tokenizer, {"method": "sft"}, tmp_path / "model")
+    assert generate(tmp_path / "model", prompts, max_new_tokens=12) == with_adapter
+
+
+def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "Yes."}]} for i in range(40)]
+    data = tmp_path / "yes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = api.train(sft_config(tiny_lm, tmp_path, data, train={"epochs": 8, "lr": 1e-2, "warmup": 0}), quiet=True)
+    session = api.chat(run, temperature=0, max_new_tokens=20)
+    assert "".join(session.send("question 7")).strip() == "Yes."
+    list(session.send("and again?"))
+    assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
+    result = CliRunner().invoke(app, ["chat", str(run), "--temperature", "0"], input="question 3\n\n")
+    assert result.exit_code == 0 and "model> Yes." in result.output

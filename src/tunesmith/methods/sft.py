@@ -265,14 +265,48 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     return report
 
 
-def generate(model_dir: Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0) -> list[str]:
-    """Replies of a saved model to single-turn prompts; greedy at temperature 0."""
+def load(model_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     zoo.quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+class ChatSession:
+    """A conversation with a saved model: send() streams the reply piece by piece and keeps the history."""
+
+    def __init__(self, model_dir: Path, *, system: str | None = None, max_new_tokens: int = 256,
+                 temperature: float = 0.7, top_p: float = 0.9):
+        self.model, self.tokenizer = load(model_dir)
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.sampling = {"max_new_tokens": max_new_tokens, **({"do_sample": True, "temperature": temperature, "top_p": top_p}
+                                                               if temperature > 0 else {"do_sample": False})}
+
+    def send(self, text: str):
+        from threading import Thread
+
+        from transformers import TextIteratorStreamer
+
+        self.messages.append({"role": "user", "content": text})
+        prompt = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=True) \
+            if self.tokenizer.chat_template else FALLBACK_TEMPLATE.format(prompt=text)
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        worker = Thread(target=self.model.generate, kwargs={**enc, "streamer": streamer, "pad_token_id": pad, **self.sampling})
+        worker.start()
+        pieces = []
+        for piece in streamer:
+            pieces.append(piece)
+            yield piece
+        worker.join()
+        self.messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+
+
+def generate(model_dir: Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0) -> list[str]:
+    """Replies of a saved model to single-turn prompts; greedy at temperature 0."""
+    model, tokenizer = load(model_dir)
     return replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 

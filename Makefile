@@ -32,6 +32,8 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/classify_sst2.py
+	$(BIN)/python benchmarks/prepare_scale.py
+	$(BIN)/python benchmarks/pii_recall.py
 
 clean:
 	rm -rf $(VENV) runs

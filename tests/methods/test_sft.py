@@ -97,6 +97,10 @@ def test_sft_run_beats_the_base_model_and_saves_a_plain_transformers_model(tiny_
 
     assert AutoModelForCausalLM.from_pretrained(run / "model") is not None
     assert api.show_run(run)["status"] == "done"
+    from tunesmith.errors import TunesmithError
+
+    with pytest.raises(TunesmithError, match="a sft run is a text generator, not a classifier"):
+        api.predict(run, ["hello"])
 
 
 def test_the_tuned_model_learns_to_stop(tiny_lm, tmp_path):

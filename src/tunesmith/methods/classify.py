@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tunesmith import zoo
 from tunesmith.config import LoraConfig, RunConfig
 from tunesmith.data.classify import Split, read_prepared
+from tunesmith.errors import TunesmithError
 from tunesmith.eval.baseline import frozen_baseline_logits
 from tunesmith.eval.calibration import fit_temperature, reliability, softmax
 from tunesmith.eval.metrics import classification_report
@@ -214,6 +215,9 @@ def load_model(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
 
     zoo.quiet_transformers()
     meta = json.loads((model_dir / "tunesmith.json").read_text())
+    if meta.get("method", "classify") != "classify":
+        raise TunesmithError(f"{model_dir.parent}: a {meta['method']} run is a text generator, not a classifier; "
+                             f"use tunesmith generate or tunesmith chat (its test loss and perplexity are in eval.json)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if meta["lora"]:
         from peft import PeftModel

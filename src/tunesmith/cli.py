@@ -118,12 +118,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities.")] = False,
 ):
     """Classify texts with a run's model (calibrated probabilities)."""
-    items = list(texts or [])
-    if file is not None:
-        source = sys.stdin.read() if str(file) == "-" else _read_lines(file)
-        items += [ln for ln in source.splitlines() if ln.strip()]
-    if not items:
-        raise TunesmithError("nothing to predict: give texts as arguments or --file")
+    items = _inputs(texts, file, "nothing to predict: give texts as arguments or --file")
     for text, res in zip(items, _api().predict(run, items)):
         if as_json:
             print(json.dumps({"text": text} | res))
@@ -143,12 +138,7 @@ def generate(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
 ):
     """Replies of a run's model to prompts (greedy at temperature 0), batched."""
-    items = list(text or [])
-    if prompts is not None:
-        source = sys.stdin.read() if str(prompts) == "-" else _read_lines(prompts)
-        items += [ln for ln in source.splitlines() if ln.strip()]
-    if not items:
-        raise TunesmithError("nothing to generate: give prompts as arguments or --prompts FILE")
+    items = _inputs(text, prompts, "nothing to generate: give prompts as arguments or --prompts FILE")
     replies = _api().generate(run, items, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     lines = [json.dumps({"prompt": p, "reply": r}, ensure_ascii=False) for p, r in zip(items, replies)]
     if out_file:
@@ -181,6 +171,17 @@ def chat(
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+
+
+def _inputs(args: list[str] | None, file: Path | None, none_given: str) -> list[str]:
+    """Texts from the arguments, then one per non-empty line of the file ('-' for stdin)."""
+    items = list(args or [])
+    if file is not None:
+        source = sys.stdin.read() if str(file) == "-" else _read_lines(file)
+        items += [ln for ln in source.splitlines() if ln.strip()]
+    if not items:
+        raise TunesmithError(none_given)
+    return items
 
 
 def _read_lines(path: Path) -> str:

@@ -203,3 +203,8 @@ def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
     assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
     result = CliRunner().invoke(app, ["chat", str(run), "--temperature", "0"], input="question 3\n\n")
     assert result.exit_code == 0 and "model> Yes." in result.output
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("question 5\n\nquestion 6\n")
+    result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--prompts", str(prompts), "--max-new-tokens", "20"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(ln)["reply"] for ln in result.output.splitlines()] == ["Yes.", "Yes.", "Yes."]

@@ -41,7 +41,7 @@ SCHEMAS = {"classify": [("text", pa.string()), ("label", pa.string())],
            "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
            "text": [("text", pa.string()), ("doc", pa.int64())]}
 EXAMPLES_PER_REASON = 3
-WORKERS = os.cpu_count() or 1  # they clean, hash and anonymise; the main process reads, dedups and writes
+WORKERS = min(os.cpu_count() or 1, 8)  # they clean, hash and anonymise; the main process reads, dedups and writes
 _WORKER_ANONYMISER = None  # set before forking the workers; they inherit it
 
 

@@ -365,6 +365,6 @@ class Scores:
         if self.prompts:
             said = replies(model, self.tokenizer, self.prompts, max_new_tokens=self.cfg.eval.max_new_tokens)
             out |= text_metrics(said, self.references)
-            out["samples"] = [{"prompt": p[-1]["content"][:500], "reply": r, "reference": ref[0]}
+            out["samples"] = [{"prompt": p[-1]["content"][:500], "reply": r[:500], "reference": ref[0][:500]}
                               for p, r, ref in list(zip(self.prompts, said, self.references))[:5]]
         return out

@@ -38,9 +38,9 @@ class Deduper:
         self.index: dict[str, object] = {}  # split -> a rensa index of its kept rows
         self.rows = 0
 
-    def check(self, split: str, keys: list[str], sketches: list | None = None) -> list[str | None]:
+    def check(self, split: str, keys: list[str], sketches: list | None) -> list[str | None]:
         """Per key: None to keep it, else the reason it goes. Kept keys are remembered for later rows.
-        `sketches` are the keys' minhashes() when already made (by a worker)."""
+        `sketches` are the keys' minhashes() (made by a worker); None when near dedup is off."""
         verdict: list[str | None] = [None] * len(keys)
         if self.cfg.exact:
             for i, key in enumerate(keys):
@@ -51,7 +51,7 @@ class Deduper:
                 else:
                     verdict[i] = _reason("exact duplicate", first, split)
         if self.cfg.near:
-            self._near(split, sketches if sketches is not None else minhashes(keys, self.cfg), verdict)
+            self._near(split, sketches, verdict)
         return verdict
 
     def _near(self, split: str, sketches: list, verdict: list[str | None]) -> None:

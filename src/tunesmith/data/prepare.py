@@ -45,11 +45,6 @@ WORKERS = min(os.cpu_count() or 1, 8)  # they clean, hash and anonymise; the mai
 _WORKER_ANONYMISER = None  # set before forking the workers; they inherit it
 
 
-def _set_worker_anonymiser(anonymiser) -> None:
-    global _WORKER_ANONYMISER
-    _WORKER_ANONYMISER = anonymiser
-
-
 def _anonymise(texts: list[str], _) -> tuple[list[str], Counter]:
     return _WORKER_ANONYMISER.anonymise(texts)
 
@@ -148,35 +143,32 @@ class Preparer:
 
     @contextmanager
     def _workers(self):
-        """Forked workers inherit the loaded anonymiser (no second spaCy/Presidio load); without fork, or with
-        one core, the jobs run here."""
+        """Forked workers inherit the loaded anonymiser (no second spaCy/Presidio load); where the platform
+        cannot fork, the jobs run in this process."""
         global _WORKER_ANONYMISER
-        if WORKERS < 1 or "fork" not in mp.get_all_start_methods():
-            yield None
-            return
         _WORKER_ANONYMISER = self._anonymiser() if self.cfg.pii else None
-        pool = mp.get_context("fork").Pool(WORKERS)
+        pool = mp.get_context("fork").Pool(WORKERS) if "fork" in mp.get_all_start_methods() else None
         try:
             yield pool
         finally:
-            pool.terminate()
+            if pool is not None:
+                pool.terminate()
             _WORKER_ANONYMISER = None
 
     def _run(self, workers, fn, items: list, arg):
         if workers is None:
-            if fn is _anonymise:
-                _set_worker_anonymiser(self._anonymiser())
             return _Done(fn(items, arg))
         return workers.apply_async(fn, (items, arg))
 
     def _write(self, writer, dest: Path, kept: list[tuple[dict, str | None]], job) -> pq.ParquetWriter | None:
         if not kept:
             return writer
-        flat = None
+        examples = [ex for ex, _ in kept]
         if job is not None:
             flat, counts = job.get()
             self.pii_counts.update(counts)
-        table = self._table(self._anonymised(kept, flat), [p for _, p in kept])
+            examples = self._anonymised(examples, flat)
+        table = self._table(examples, [p for _, p in kept])
         writer = writer or pq.ParquetWriter(dest, table.schema)
         writer.write_table(table)
         return writer
@@ -239,19 +231,13 @@ class Preparer:
         funnel.rows_kept += len(rows)
         return rows
 
-    def _anonymised(self, rows: list[tuple[dict, str | None]], flat: list[str] | None) -> list[dict]:
-        """The examples with their texts anonymised (`flat`: done by a worker already, in texts_of order)."""
-        if not self.cfg.pii:
-            return [ex for ex, _ in rows]
-        shape = self.mapper.shape
-        texts = [texts_of(shape, ex) for ex, _ in rows]
-        if flat is None:
-            flat, counts = self._anonymiser().anonymise([t for ts in texts for t in ts])
-            self.pii_counts.update(counts)
-        out, at = [], 0
-        for (ex, _), ts in zip(rows, texts):
-            out.append(with_texts(shape, ex, flat[at:at + len(ts)]))
-            at += len(ts)
+    def _anonymised(self, examples: list[dict], flat: list[str]) -> list[dict]:
+        """The examples with their texts replaced by `flat`, the anonymised texts in texts_of order."""
+        shape, out, at = self.mapper.shape, [], 0
+        for ex in examples:
+            n = len(texts_of(shape, ex))
+            out.append(with_texts(shape, ex, flat[at:at + n]))
+            at += n
         return out
 
     def _anonymiser(self):

@@ -236,12 +236,13 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     zoo.quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     shape = report_data["shape"]
-    tokens = {name: Tokens(tokenizer, rows, cfg.train.max_length, shape) for name, rows in read_rows(run_dir / "data").items()}
+    rows = read_rows(run_dir / "data")
+    tokens = {name: Tokens(tokenizer, split, cfg.train.max_length, shape) for name, split in rows.items()}
     if not len(tokens["train"]):
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)
     model = build_model(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
-    scores = Scores(cfg, tokenizer, tokens, read_rows(run_dir / "data").get("test") if shape != "text" else None)
+    scores = Scores(cfg, tokenizer, tokens, rows.get("test") if shape != "text" else None)
     base = scores(model) if cfg.eval.baseline else None
     result = fit(make_task(model, tokens["train"], tokens.get("val"), cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
     if cfg.lora:

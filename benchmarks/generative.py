@@ -1,13 +1,17 @@
-"""Generative fine-tuning, measured: DialogSum summaries (ROUGE of base vs tuned on the test set's three
-references) and domain adaptation on medical abstracts (domain and general-text perplexity before and after).
+"""Generative fine-tuning, measured: the three worked examples of examples/, run as a user runs them
+(`tunesmith train examples/<name>.yaml`), with their figures gathered into results/generative.json.
 
-    python benchmarks/generative.py                       # full runs (hours on 2 CPU cores), writes results/generative.json
+    python benchmarks/generative.py                       # all three (about 2.5 h on 2 CPU cores)
+    python benchmarks/generative.py --only domain         # one of them: dialogsum, assistant, domain
     python benchmarks/generative.py --quick --out /tmp/g.json   # a few rows of each, to check the pipeline
+    python benchmarks/generative.py --runs dialogsum=RUN_DIR domain=RUN_DIR   # figures of finished CLI runs
 
-DialogSum: smollm2-135m-instruct + LoRA fine-tuned with `method: sft` on the validation dialogues (the prompt is
-built by a template), then base and tuned models summarise the test dialogues greedily; ROUGE-1/2/L take the best
-of the three references. Domain: `method: pretrain` on the train documents of medical_abstracts (256-token chunks),
-perplexity on the held-out documents (test split) and on WikiText-2 (general text) before and after.
+- dialogsum (examples/dialogsum_sft.yaml): smollm2-135m-instruct + LoRA, sft on DialogSum validation; base and
+  tuned greedy summaries of test dialogues, ROUGE-1/2/L and BLEU against test's three references.
+- assistant (examples/oasst_assistant.yaml): chat sft on OpenAssistant conversations; held-out reply perplexity
+  before and after, and sampled replies.
+- domain (examples/medical_pretrain.yaml): continued pretraining on medical abstracts; held-out domain perplexity
+  and WikiText-2 (general text) perplexity before and after.
 """
 
 from __future__ import annotations
@@ -18,95 +22,75 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data"
-MODEL = "smollm2-135m-instruct"
-TEMPLATE = "Summarise this dialogue:\n{dialogue}"
+EXAMPLES = {"dialogsum": "dialogsum_sft.yaml", "assistant": "oasst_assistant.yaml", "domain": "medical_pretrain.yaml"}
+QUICK = {"dialogsum": ["data.max_rows=16", "eval.generate=4", "eval.max_new_tokens=32", "train.max_length=512"],
+         "assistant": ["data.max_rows=12", "eval.generate=2", "eval.max_new_tokens=32", "train.epochs=1", "train.max_length=512"],
+         "domain": ["data.max_rows=40", "eval.general_tokens=2000"]}
 
 
-def need(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.exists()]
+def config(name: str, overrides: list[str]):
+    """The example's config; a clear exit when its data (../shared/data beside the repository) is missing."""
+    from tunesmith.config import load_config
+
+    cfg = load_config(HERE.parent / "examples" / EXAMPLES[name], overrides)
+    missing = [p for p in (cfg.data.train, cfg.data.val, cfg.data.test, cfg.eval.general_text) if p and not Path(p).exists()]
     if missing:
-        sys.exit(f"data not found: {', '.join(missing)}. Pass the folder holding dialogsum/, medical_abstracts/ and "
-                 f"general_text/ (../shared/data) with --data.")
+        sys.exit(f"{name}: data not found: {', '.join(missing)}. The examples read ../shared/data beside this repository.")
+    return cfg
 
 
-def dialogsum(data: Path, work: Path, args) -> dict:
-    from tunesmith import api, zoo
-    from tunesmith.eval.generation import text_metrics
-    from tunesmith.methods import sft
-
-    dev, test = data / "dialogsum" / "validation.jsonl", data / "dialogsum" / "test.jsonl"
-    need(dev, test)
-    tests = [json.loads(line) for line in test.read_text(encoding="utf-8").splitlines()][: args.test_rows]
-    config = {"name": "dialogsum", "model": MODEL, "method": "sft", "output_dir": str(work / "runs"),
-              "data": {"train": str(dev), "response": "summary", "prompt_template": TEMPLATE, "max_rows": args.train_rows,
-                       "val_fraction": 0.05, "test_fraction": 0},
-              "lora": {"r": 16, "alpha": 32, "targets": "all-linear"},
-              "train": {"epochs": args.epochs, "batch_size": 4, "lr": 2e-4, "max_length": 768, "checkpoint_every": 1000}}
-    started = time.perf_counter()
-    run = api.train(config, quiet=True)
-    train_s = time.perf_counter() - started
-    conversations = [[{"role": "user", "content": TEMPLATE.format(dialogue=r["dialogue"])}] for r in tests]
-    references = [[r[k] for k in ("summary1", "summary2", "summary3") if r.get(k)] for r in tests]
-    tuned_model, tokenizer = sft.load(run / "model")
-    base_model, _ = sft.load(zoo.resolve(MODEL))
-    out = {"train_rows": json.loads((run / "eval.json").read_text())["data"]["train"], "test_rows": len(tests),
-           "train_seconds": round(train_s, 1), "run": str(run)}
-    for who, model in (("base", base_model), ("tuned", tuned_model)):
-        preds = sft.replies(model, tokenizer, conversations, max_new_tokens=args.max_new_tokens)
-        scores = text_metrics(preds, references)
-        out |= {f"{who}_{k}": round(v, 2) for k, v in scores.items()}
-        out[f"{who}_samples"] = [{"reply": p, "reference": r[0]} for p, r in list(zip(preds, references))[:3]]
-    return out
-
-
-def domain(data: Path, work: Path, args) -> dict:
-    from tunesmith import api
-
-    abstracts, general = data / "medical_abstracts" / "abstracts.csv", data / "general_text" / "wikitext2_raw_test.txt"
-    need(abstracts, general)
-    config = {"name": "medical", "model": MODEL, "method": "pretrain", "output_dir": str(work / "runs"),
-              "data": {"train": str(abstracts), "shape": "text", "text": "medical_abstract", "split_column": "split",
-                       "max_rows": args.domain_rows, "chunk_tokens": 256, "chunk_overlap": 32, "val_fraction": 0.05},
-              "train": {"epochs": args.epochs, "batch_size": 8, "lr": 5e-5, "max_length": 256, "checkpoint_every": 1000},
-              "eval": {"general_text": str(general), "general_tokens": args.general_tokens}}
-    run = api.train(config, quiet=True)
+def figures(name: str, run: Path) -> dict:
+    """What the issue asks to see of each example, from the run's eval.json."""
     ev = json.loads((run / "eval.json").read_text())
-    return {"domain_ppl_before": round(ev["baseline"]["perplexity"], 3), "domain_ppl_after": round(ev["tuned"]["perplexity"], 3),
-            "general_ppl_before": round(ev["baseline"]["general_perplexity"], 3),
-            "general_ppl_after": round(ev["tuned"]["general_perplexity"], 3), "test_chunks": ev["test_rows"],
-            "train": ev["data"]["train"], "train_seconds": ev["train"]["seconds"], "run": str(run)}
+    base, tuned = ev["baseline"], ev["tuned"]
+    out = {"train": ev["data"]["train"], "test_rows": ev["test_rows"], "train_seconds": ev["train"]["seconds"],
+           "steps": ev["train"]["steps"], "perplexity_before": round(base["perplexity"], 3),
+           "perplexity_after": round(tuned["perplexity"], 3)}
+    if name == "dialogsum":
+        for who, scores in (("base", base), ("tuned", tuned)):
+            out |= {f"{who}_{k}": round(scores[k], 2) for k in ("rouge1", "rouge2", "rougeL", "bleu")}
+    if name == "domain":
+        out = {"domain_ppl_before": out.pop("perplexity_before"), "domain_ppl_after": out.pop("perplexity_after"),
+               "general_ppl_before": round(base["general_perplexity"], 3),
+               "general_ppl_after": round(tuned["general_perplexity"], 3)} | out
+    if "samples" in tuned:
+        out["samples"] = [{"prompt": t["prompt"][-300:], "base": b["reply"], "tuned": t["reply"], "reference": t["reference"]}
+                          for b, t in zip(base["samples"][:3], tuned["samples"][:3])]
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--quick", action="store_true", help="a few rows of each part, to check the pipeline")
-    p.add_argument("--only", choices=["dialogsum", "domain"])
+    p.add_argument("--quick", action="store_true", help="a few rows of each example, to check the pipeline")
+    p.add_argument("--only", choices=list(EXAMPLES))
+    p.add_argument("--runs", nargs="+", default=[], metavar="NAME=RUN_DIR", help="gather figures of finished runs")
     p.add_argument("--out", type=Path, default=HERE / "results" / "generative.json")
     args = p.parse_args()
-    args.epochs = 1
-    args.train_rows, args.test_rows, args.max_new_tokens = (12, 4, 40) if args.quick else (None, None, 96)
-    args.domain_rows, args.general_tokens = (40, 2000) if args.quick else (None, 20000)
+    from tunesmith import api
+
+    given = dict(r.split("=", 1) for r in args.runs)
+    if set(given) - set(EXAMPLES):
+        sys.exit(f"--runs: unknown example {sorted(set(given) - set(EXAMPLES))}; known: {', '.join(EXAMPLES)}")
+    names = list(given) if given else [args.only] if args.only else list(EXAMPLES)
     result = {"benchmark": "generative", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "quick": args.quick, "model": MODEL,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "loadavg_at_start": os.getloadavg()}}
+              "quick": args.quick, "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                               "loadavg_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "dialogsum"):
-            result["dialogsum"] = dialogsum(args.data, Path(tmp), args)
-        if args.only in (None, "domain"):
-            result["domain"] = domain(args.data, Path(tmp), args)
-    for part in ("dialogsum", "domain"):
-        result.get(part, {}).pop("run", None)
+        for name in names:
+            if name in given:
+                run = Path(given[name])
+                result[name] = {"command": f"tunesmith train examples/{EXAMPLES[name]}"} | figures(name, run)
+                continue
+            overrides = (QUICK[name] if args.quick else []) + [f"output_dir={tmp}"]
+            run = api.train(config(name, overrides), quiet=True)
+            result[name] = {"command": f"tunesmith train examples/{EXAMPLES[name]}"} | figures(name, run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k in ("dialogsum", "domain")}, indent=2, ensure_ascii=False)[:3000])
+    print(json.dumps({k: {f: v for f, v in result[k].items() if f != "samples"} for k in names}, indent=2))
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ def predict(
             out.print(f"{res['label']}\t{res['confidence']:.3f}\t{text}", highlight=False, markup=False)
 
 
+STOP_HELP = "End a reply before this text (repeat for several)."
+
+
 @app.command()
 @user_errors
 def generate(
@@ -136,10 +139,11 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help=STOP_HELP)] = None,
 ):
     """Replies of a run's model to prompts (greedy at temperature 0), batched."""
     items = _inputs(text, prompts, "nothing to generate: give prompts as arguments or --prompts FILE")
-    replies = _api().generate(run, items, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    replies = _api().generate(run, items, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
     lines = [json.dumps({"prompt": p, "reply": r}, ensure_ascii=False) for p, r in zip(items, replies)]
     if out_file:
         out_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -156,9 +160,11 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help=STOP_HELP)] = None,
 ):
     """Talk to a run's model; replies stream as they are generated. An empty line, 'exit' or Ctrl-D ends it."""
-    session = _api().chat(run, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    session = _api().chat(run, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          stop=stop)
     while True:
         try:
             text = input("you> ").strip()

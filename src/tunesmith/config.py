@@ -56,6 +56,8 @@ class DataConfig(Strict):
     messages: str | None = None
     chosen: str | None = None
     rejected: str | None = None
+    references: list[str] | None = None  # instruction: fields with reference answers (e.g. DialogSum test's summary1..3):
+    # generation metrics score against all of them; a file with no data.response field takes the first as its response
     prompt_template: str | None = None  # e.g. "Summarise this dialogue:\n{dialogue}": builds the prompt from fields
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt"] = "auto"
     delimiter: str | None = Field(None, min_length=1, max_length=1)  # overrides the format's delimiter

@@ -83,7 +83,7 @@ def test_missing_column_names_the_columns(fixtures, tmp_path):
     with pytest.raises(TunesmithError, match=r"column 'text' not found for data shape classify; the columns are: sentence, label"):
         run(tmp_path, train=str(fixtures / "sst2_train.tsv"), shape="classify", text="text")
     report, _ = run(tmp_path, train=str(fixtures / "sst2_train.tsv"))  # "sentence" is a known name for the text
-    assert report["shape"] == "classify" and report["fields"] == {"text": "sentence", "label": "label"}
+    assert report["shape"] == "classify" and report["files"]["train"]["fields"] == {"text": "sentence", "label": "label"}
 
 
 def test_single_class_and_empty_data_fail_before_training(tmp_path):

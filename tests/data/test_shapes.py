@@ -25,7 +25,7 @@ def test_chat_and_sharegpt(fixtures, tmp_path):
     assert report["shape"] == "chat" and len(rows) == 20
     assert rows[0]["messages"][0]["role"] == "user" and rows[0]["messages"][-1]["role"] == "assistant"
     report, rows = run(tmp_path, train=str(fixtures / "sharegpt_10.jsonl"))
-    assert report["shape"] == "chat" and report["fields"] == {"messages": "conversations"}
+    assert report["shape"] == "chat" and report["files"]["train"]["fields"] == {"messages": "conversations"}
     assert {m["role"] for r in rows for m in r["messages"]} <= {"system", "user", "assistant"}
 
 
@@ -47,6 +47,24 @@ def test_instruction_from_a_template_and_from_alpaca_fields(fixtures, tmp_path):
                                                  {"instruction": "Name a colour", "input": "", "output": "Red"}])
     _, rows = run(tmp_path, train=alpaca)
     assert rows == [{"prompt": "Add\n\n2 and 3", "response": "5"}, {"prompt": "Name a colour", "response": "Red"}]
+
+
+def test_a_test_file_of_reference_answers_keeps_them_all(fixtures, tmp_path):
+    report = prepare(DataConfig(train=str(fixtures / "dialogsum_20.jsonl"), test=str(fixtures / "dialogsum_test_10.jsonl"),
+                                response="summary", references=["summary1", "summary2", "summary3"], val_fraction=0,
+                                prompt_template="Summarise this dialogue:\n{dialogue}"), 0, tmp_path / "out")
+    assert report["files"]["test"]["fields"]["response"] == "summary1"
+    assert report["files"]["train"]["fields"]["response"] == "summary"
+    test = pq.read_table(tmp_path / "out" / "test.parquet").to_pylist()
+    given = [json.loads(line) for line in (fixtures / "dialogsum_test_10.jsonl").read_text().splitlines()]
+    assert len(test) == 10 and test[0]["references"] == [given[0][f"summary{i}"] for i in (1, 2, 3)]
+    assert test[0]["response"] == given[0]["summary1"]
+    train = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    assert all(r["references"] == [r["response"]] for r in train)
+    with pytest.raises(TunesmithError, match="column 'summary' not found for data shape instruction"):
+        prepare(DataConfig(train=str(fixtures / "dialogsum_20.jsonl"), test=str(fixtures / "dialogsum_test_10.jsonl"),
+                           response="summary", shape="instruction", val_fraction=0, prompt_template="{dialogue}"), 0,
+                tmp_path / "bad")
 
 
 def test_raw_text_is_chunked_by_tokens_with_overlap(tmp_path, tiny_model):

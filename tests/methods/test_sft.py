@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith import api
+from tunesmith.errors import TunesmithError
 from tunesmith.methods.sft import IGNORE, Tokens, render, token_loss
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -65,6 +66,8 @@ def test_truncation_is_counted_never_silent(tokenizer):
     assert tok.truncated == 1 and tok.replies_cut == 1 and len(tok) == 2
     tiny = Tokens(tokenizer, rows, max_length=4, shape="chat")  # the replies lie beyond max_length
     assert tiny.dropped == 2 and len(tiny) == 0
+    with pytest.raises(TunesmithError, match=r"test example 1 \(data/test.parquet\): its prompt fills train.max_length=4"):
+        Tokens(tokenizer, rows, max_length=4, shape="chat", split="test", on_error="fail")
 
 
 def test_summed_loss_equals_transformers_mean_loss_times_targets(tiny_lm, tokenizer):
@@ -81,7 +84,8 @@ def test_summed_loss_equals_transformers_mean_loss_times_targets(tiny_lm, tokeni
 
 def sft_config(tiny_lm, tmp_path, data_file, **extra):
     cfg = {"name": "sft", "model": str(tiny_lm), "method": "sft", "output_dir": str(tmp_path / "runs"),
-           "data": {"train": str(data_file), "val_fraction": 0.1, "test_fraction": 0.2, "dedup": {"near": False, "exact": False}},
+           "data": {"train": str(data_file), "val_fraction": 0.1, "test_fraction": 0.2, "dedup": {"near": False, "exact": False},
+                    "on_error": "skip"},  # a 128-token context leaves some oasst prompts no reply token
            "train": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "max_length": 128, "log_every": 5, "checkpoint_every": 1000}}
     for key, value in extra.items():
         cfg[key] = cfg.get(key, {}) | value if isinstance(value, dict) else value
@@ -146,10 +150,13 @@ def test_generation_scores_and_forgetting_are_reported_for_base_and_tuned(tiny_l
     general.write_text(" ".join(ln.split("\t")[0] for ln in (fixtures / "sst2_dev.tsv").read_text().splitlines()[1:]))
     cfg = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", train={"epochs": 1},
                      eval={"generate": 3, "max_new_tokens": 8, "general_text": str(general), "general_tokens": 500})
-    ev = json.loads((api.train(cfg, quiet=True) / "eval.json").read_text())
+    run = api.train(cfg, quiet=True)
+    ev = json.loads((run / "eval.json").read_text())
     for who in ("baseline", "tuned"):
         assert {"rougeL", "bleu", "exact_match", "general_perplexity", "perplexity"} <= set(ev[who])
     assert len(ev["tuned"]["samples"]) == 3 and ev["forgetting"]["ppl_ratio"] > 0
+    html = (run / "report.html").read_text()
+    assert 'alt="base vs tuned"' in html and html.count("<th>base model</th>") == 1 and "Forgetting" in html
 
 
 def test_packed_loss_equals_the_loss_of_the_same_examples_unpacked(tiny_lm, tokenizer):
@@ -175,7 +182,7 @@ def test_merged_saved_model_generates_what_the_adapter_generated(tiny_lm, tokeni
     from transformers import AutoModelForCausalLM
 
     from tunesmith.methods.classify import save_model
-    from tunesmith.methods.sft import generate, replies
+    from tunesmith.methods.sft import Sampling, generate, replies
 
     torch.manual_seed(1)
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm), PeftLora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -183,9 +190,11 @@ def test_merged_saved_model_generates_what_the_adapter_generated(tiny_lm, tokeni
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # a trained-looking adapter
     prompts = ["Say hi to me", "the film was good"]
-    with_adapter = replies(peft, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens=12)
+    with_adapter = replies(peft, tokenizer, [[{"role": "user", "content": p}] for p in prompts], Sampling(12))
     save_model(peft.merge_and_unload(), tokenizer, {"method": "sft"}, tmp_path / "model")
-    assert generate(tmp_path / "model", prompts, max_new_tokens=12) == with_adapter
+    assert generate(tmp_path / "model", prompts, Sampling(12)) == with_adapter
+    stop = with_adapter[0][4:7]  # a reply ends before its first stop string, which is not part of it
+    assert generate(tmp_path / "model", prompts[:1], Sampling(12, stop=(stop,))) == [with_adapter[0].split(stop)[0].strip()]
 
 
 def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
@@ -208,3 +217,7 @@ def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
     result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--prompts", str(prompts), "--max-new-tokens", "20"])
     assert result.exit_code == 0, result.output
     assert [json.loads(ln)["reply"] for ln in result.output.splitlines()] == ["Yes.", "Yes.", "Yes."]
+    result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--stop", "s."])
+    assert result.exit_code == 0 and json.loads(result.output)["reply"] == "Ye"
+    session = api.chat(run, temperature=0, stop=["es"])
+    assert "".join(session.send("question 7")) == "Y" and session.messages[-1] == {"role": "assistant", "content": "Y"}

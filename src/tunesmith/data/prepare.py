@@ -26,7 +26,7 @@ from tunesmith.config import DataConfig, DedupConfig
 from tunesmith.data.clean import Cleaner
 from tunesmith.data.dedup import Deduper, dedup_key, minhashes
 from tunesmith.data.readers import read_records
-from tunesmith.data.shapes import Mapper, RowProblem, detect, texts_of, with_texts
+from tunesmith.data.shapes import Mapper, RowProblem, detect, identity, texts_of, with_texts
 from tunesmith.errors import TunesmithError
 
 SPLITS = ("train", "val", "test")
@@ -49,11 +49,12 @@ def _anonymise(texts: list[str], _) -> tuple[list[str], Counter]:
     return _WORKER_ANONYMISER.anonymise(texts)
 
 
-def _clean_and_sketch(rows: list[list[str]], cfg: DataConfig) -> tuple[list, list[str], Counter, list | None]:
+def _clean_and_sketch(rows: list[list[str]], how: tuple[DataConfig, str]) -> tuple[list, list[str], Counter, list | None]:
     """The per-row work that needs no state: cleaned texts, dedup keys and MinHash sketches (in a worker)."""
+    cfg, shape = how
     cleaner = Cleaner(cfg.clean)
     cleaned = [[cleaner(t) for t in texts] for texts in rows]
-    keys = [dedup_key("\n".join(texts)) for texts in cleaned]
+    keys = [dedup_key("\n".join(identity(shape, texts))) for texts in cleaned]
     return cleaned, keys, cleaner.changed, minhashes(keys, cfg.dedup) if cfg.dedup.near else None
 
 
@@ -83,6 +84,7 @@ class Funnel:
     removed: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in ("read", "shape", "length", "dedup")})
     examples: dict[str, list] = field(default_factory=dict)
     rows_kept: int = 0
+    fields: dict[str, str] | None = None  # canonical name -> this file's field name
 
     def drop(self, step: str, reason: str, where: str, text: str | None = None) -> None:
         self.removed[step][reason] += 1
@@ -96,8 +98,8 @@ class Funnel:
             out = rows - sum(why.values())
             steps.append({"step": step, "rows_in": rows, "rows_out": out, "removed": dict(why)})
             rows = out
-        return {"path": self.path, "rows_read": self.rows_read, "rows_kept": self.rows_kept, "steps": steps,
-                "removed_examples": self.examples}
+        return {"path": self.path, "fields": self.fields, "rows_read": self.rows_read, "rows_kept": self.rows_kept,
+                "steps": steps, "removed_examples": self.examples}
 
 
 class Preparer:
@@ -128,7 +130,7 @@ class Preparer:
                 more = bool(batch)
                 if batch:
                     texts = [texts_of(self.mapper.shape, ex) for _, ex, _ in batch]
-                    hashing.append((batch, self._run(workers, _clean_and_sketch, texts, self.cfg)))
+                    hashing.append((batch, self._run(workers, _clean_and_sketch, texts, (self.cfg, self.mapper.shape))))
                 while hashing and (not more or len(hashing) > 2 * WORKERS or hashing[0][1].ready()):
                     batch, job = hashing.popleft()
                     kept = self._deduplicated(split, self._length_checked(batch, *job.get(), funnel), funnel)
@@ -182,7 +184,8 @@ class Preparer:
             funnel.rows_read += 1
             step, problem, part = "read", rec.error, None
             if rec.fields is not None:
-                self.mapper = self.mapper or detect(rec.fields, cfg, rec.where)
+                if funnel.fields is None:
+                    self.mapper = self._detect(rec, funnel)
                 if split_col and split_col not in rec.fields:
                     raise TunesmithError(f"{rec.where}: column {split_col!r} (data.split_column) not found; "
                                          f"the columns are: {', '.join(map(str, rec.fields))}")
@@ -203,6 +206,14 @@ class Preparer:
                 yield rec.where, ex, part
             if cfg.max_rows and funnel.rows_read >= cfg.max_rows:
                 break
+
+    def _detect(self, rec, funnel: Funnel) -> Mapper:
+        """Each file has its own field names (a test file may hold only reference answers); the first file's
+        shape holds for all of them."""
+        cfg = self.cfg if self.mapper is None else self.cfg.model_copy(update={"shape": self.mapper.shape})
+        mapper = detect(rec.fields, cfg, rec.where)
+        funnel.fields = mapper.fields
+        return mapper
 
     def _length_checked(self, batch: list, cleaned: list, keys: list, changed: Counter, sketches: list | None,
                         funnel: Funnel) -> list[tuple]:
@@ -251,7 +262,7 @@ class Preparer:
         shape = self.mapper.shape
         if shape == "text":
             examples, parts = self._chunks([ex["text"] for ex in examples], parts)
-        schema = pa.schema(SCHEMAS[shape])
+        schema = pa.schema(SCHEMAS[shape] + ([("references", pa.list_(pa.string()))] if self.mapper.references else []))
         cols = {name: [ex[name] for ex in examples] for name in schema.names}
         cols["_chars"] = [sum(map(len, texts_of(shape, ex))) for ex in examples]
         schema = schema.append(pa.field("_chars", pa.int32()))
@@ -286,7 +297,7 @@ class Preparer:
         pools, funnels = {}, {}
         for name, path in files.items():
             pools[name], funnels[name] = self.pool(name, path, out, cfg.split_column if name == "train" else None)
-        report: dict = {"shape": self.mapper.shape, "fields": self.mapper.fields,
+        report: dict = {"shape": self.mapper.shape,
                         "files": {n: f.report() for n, f in funnels.items()},
                         "cleaning": {"texts_changed": dict(self.cleaning)},
                         "pii": {"replaced": dict(self.pii_counts), "entities": cfg.pii.entities} if cfg.pii else

@@ -2,7 +2,7 @@
 
 Canonical examples (the columns of the prepared Parquet files):
 - classify:    text, label
-- instruction: prompt, response
+- instruction: prompt, response (+ references: every reference answer, when data.references names them)
 - chat:        messages = [{role, content}, ...] (system?, then user/assistant alternating, ending with assistant)
 - preference:  prompt = [{role, content}, ...], chosen, rejected (the two final assistant replies)
 - text:        text (raw documents; chunked by tokens later)
@@ -41,6 +41,7 @@ class Mapper:
     shape: str
     fields: dict[str, str]  # canonical name -> the file's field name
     template: str | None = None
+    references: tuple[str, ...] | None = None  # instruction: the fields holding reference answers
 
     def example(self, row: dict) -> dict:
         missing = [f for f in self.fields.values() if f not in row]
@@ -73,7 +74,11 @@ class Mapper:
         response = row[self.fields["response"]]
         if not isinstance(response, str) or not response.strip():
             raise RowProblem("empty response")
-        return {"prompt": _string(prompt, "prompt"), "response": response}
+        ex = {"prompt": _string(prompt, "prompt"), "response": response}
+        if self.references is not None:
+            given = [row.get(f) for f in self.references]
+            ex["references"] = [r for r in given if isinstance(r, str) and r.strip()] or [response]
+        return ex
 
     def _chat(self, row: dict) -> dict:
         return {"messages": conversation(row[self.fields["messages"]], self.fields["messages"])}
@@ -163,6 +168,8 @@ def _find(row: dict, canonical: str, given: str | None) -> str | None:
 def detect(row: dict, cfg: DataConfig, where: str) -> Mapper:
     """The shape and field names, from the config or else from the first row's field names."""
     found = {c: _find(row, c, getattr(cfg, c)) for c in KNOWN}
+    if cfg.references and found["response"] not in row:  # e.g. a test file holding only reference answers
+        found["response"] = next((f for f in cfg.references if f in row), found["response"])
     shape = cfg.shape
     if shape == "auto":
         shape = _guess(found, row, bool(cfg.prompt_template))
@@ -180,7 +187,9 @@ def detect(row: dict, cfg: DataConfig, where: str) -> Mapper:
     fields = {c: found[c] for c in needs}
     if shape == "preference" and found["prompt"] in row:
         fields["prompt"] = found["prompt"]
-    return Mapper(shape, fields, cfg.prompt_template if shape == "instruction" else None)
+    if shape != "instruction":
+        return Mapper(shape, fields)
+    return Mapper(shape, fields, cfg.prompt_template, tuple(cfg.references) if cfg.references else None)
 
 
 def _guess(found: dict, row: dict, has_template: bool) -> str | None:
@@ -207,7 +216,14 @@ def texts_of(shape: str, ex: dict) -> list[str]:
         return [m["content"] for m in ex["messages"]]
     if shape == "preference":
         return [m["content"] for m in ex["prompt"]] + [ex["chosen"], ex["rejected"]]
-    return [ex[c] for c in ("prompt", "response")] if shape == "instruction" else [ex["text"]]
+    if shape == "instruction":
+        return [ex["prompt"], ex["response"], *ex.get("references", ())]
+    return [ex["text"]]
+
+
+def identity(shape: str, texts: list[str]) -> list[str]:
+    """The texts that say whether two examples are the same: extra reference answers do not."""
+    return texts[:2] if shape == "instruction" else texts
 
 
 def with_texts(shape: str, ex: dict, texts: list[str]) -> dict:
@@ -218,5 +234,5 @@ def with_texts(shape: str, ex: dict, texts: list[str]) -> dict:
         n = len(ex["prompt"])
         return {"prompt": [m | {"content": t} for m, t in zip(ex["prompt"], texts)], "chosen": texts[n], "rejected": texts[n + 1]}
     if shape == "instruction":
-        return {"prompt": texts[0], "response": texts[1]}
+        return {"prompt": texts[0], "response": texts[1]} | ({"references": texts[2:]} if "references" in ex else {})
     return ex | {"text": texts[0]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def as_messages(row: dict) -> list[dict]:
     return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
 
 
+def prompt_text(tokenizer, messages: list[dict]) -> str:
+    """The conversation so far, ending where the model's reply starts (render()'s fallback for template-less tokenizers)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return FALLBACK_TEMPLATE.format(prompt="\n\n".join(m["content"] for m in messages))
+
+
 def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The conversation as the model sees it, and the character spans the loss is taken on: each assistant
     reply with its end-of-turn marker. Spans come from rendering growing prefixes of the conversation."""
@@ -71,10 +79,10 @@ def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]
 class Tokens:
     """Token ids and loss targets of one split; counts what truncation cut."""
 
-    def __init__(self, tokenizer, rows: list[dict], max_length: int, shape: str):
+    def __init__(self, tokenizer, rows: list[dict], max_length: int, shape: str, *, split: str = "", on_error: str = "skip"):
         self.ids, self.targets = [], []
         self.truncated = self.replies_cut = self.dropped = 0
-        for row in rows:
+        for n, row in enumerate(rows):
             if shape == "text":
                 ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
                 targets = list(ids)
@@ -87,8 +95,12 @@ class Tokens:
                 self.truncated += 1
                 self.replies_cut += int(any(t != IGNORE for t in targets[max_length:]))
                 ids, targets = ids[:max_length], targets[:max_length]
-            if sum(t != IGNORE for t in targets[1:]) == 0:
-                self.dropped += 1  # nothing left to learn from (the reply lies beyond max_length)
+            if sum(t != IGNORE for t in targets[1:]) == 0:  # the reply lies beyond max_length: nothing to learn from
+                if on_error == "fail":
+                    raise TunesmithError(f"{split} example {n + 1} (data/{split}.parquet): its prompt fills train.max_length="
+                                         f"{max_length} tokens, so no reply token is left; raise train.max_length, or set "
+                                         f"data.on_error: skip to skip and count such examples")
+                self.dropped += 1
                 continue
             self.ids.append(ids)
             self.targets.append(targets)
@@ -237,7 +249,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     shape = report_data["shape"]
     rows = read_rows(run_dir / "data")
-    tokens = {name: Tokens(tokenizer, split, cfg.train.max_length, shape) for name, split in rows.items()}
+    tokens = {name: Tokens(tokenizer, split, cfg.train.max_length, shape, split=name, on_error=cfg.data.on_error)
+              for name, split in rows.items()}
     if not len(tokens["train"]):
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)
@@ -273,61 +286,86 @@ def load(model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(model_dir)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How replies are drawn: greedy at temperature 0. A reply ends at the end-of-turn token, after max_new_tokens,
+    or before the first stop string (which, as in the OpenAI API, is not part of it)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    def kwargs(self, tokenizer) -> dict:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        out = {"max_new_tokens": self.max_new_tokens, "pad_token_id": pad}
+        out |= {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else \
+            {"do_sample": False}
+        return out | ({"stop_strings": list(self.stop), "tokenizer": tokenizer} if self.stop else {})
+
+    def end(self, text: str) -> int | None:
+        """Where the first stop string starts in text, if one does."""
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return min(found) if found else None
+
+
 class ChatSession:
     """A conversation with a saved model: send() streams the reply piece by piece and keeps the history."""
 
-    def __init__(self, model_dir: Path, *, system: str | None = None, max_new_tokens: int = 256,
-                 temperature: float = 0.7, top_p: float = 0.9):
+    def __init__(self, model_dir: Path, *, system: str | None = None, sampling: Sampling = Sampling(256, 0.7, 0.9)):
         self.model, self.tokenizer = load(model_dir)
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self.sampling = {"max_new_tokens": max_new_tokens, **({"do_sample": True, "temperature": temperature, "top_p": top_p}
-                                                               if temperature > 0 else {"do_sample": False})}
+        self.sampling = sampling
 
     def send(self, text: str):
+        """Yields the reply as it is generated. Text that may be the start of a stop string is held back until
+        it is known not to be one."""
         from threading import Thread
 
         from transformers import TextIteratorStreamer
 
         self.messages.append({"role": "user", "content": text})
-        prompt = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=True) \
-            if self.tokenizer.chat_template else FALLBACK_TEMPLATE.format(prompt=text)
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        enc = self.tokenizer(prompt_text(self.tokenizer, self.messages), return_tensors="pt", add_special_tokens=False)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        worker = Thread(target=self.model.generate, kwargs={**enc, "streamer": streamer, "pad_token_id": pad, **self.sampling})
+        worker = Thread(target=self.model.generate, kwargs={**enc, "streamer": streamer, **self.sampling.kwargs(self.tokenizer)})
         worker.start()
-        pieces = []
+        said, shown, hold = "", 0, max(map(len, self.sampling.stop), default=1) - 1
         for piece in streamer:
-            pieces.append(piece)
-            yield piece
+            said += piece
+            end = self.sampling.end(said)
+            upto = end if end is not None else len(said) - hold
+            if upto > shown:
+                yield said[shown:upto]
+                shown = upto
         worker.join()
-        self.messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+        end = self.sampling.end(said)
+        said = said[:end] if end is not None else said
+        if len(said) > shown:
+            yield said[shown:]
+        self.messages.append({"role": "assistant", "content": said.strip()})
 
 
-def generate(model_dir: Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0) -> list[str]:
-    """Replies of a saved model to single-turn prompts; greedy at temperature 0."""
+def generate(model_dir: Path, prompts: list[str], sampling: Sampling = Sampling()) -> list[str]:
+    """Replies of a saved model to single-turn prompts."""
     model, tokenizer = load(model_dir)
-    return replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
-                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    return replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], sampling)
 
 
 @torch.no_grad()
-def replies(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int = 128, temperature: float = 0.0,
-            top_p: float = 1.0, batch_size: int = 8) -> list[str]:
+def replies(model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), *,
+            batch_size: int = 8) -> list[str]:
     """The next assistant reply to each conversation, in batches (left-padded)."""
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) if tokenizer.chat_template
-             else FALLBACK_TEMPLATE.format(prompt="\n\n".join(m["content"] for m in c)) for c in conversations]
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    texts = [prompt_text(tokenizer, c) for c in conversations]
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        rows = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling)
-        out += [tokenizer.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for r in rows]
+        rows = model.generate(**enc, **sampling.kwargs(tokenizer))
+        for r in rows:
+            said = tokenizer.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.append(said[: sampling.end(said)].strip())
     tokenizer.padding_side = side
     model.train(was_training)
     return out
@@ -353,7 +391,7 @@ class Scores:
             if cfg.eval.general_text else None
         rows = (test_rows or [])[: cfg.eval.generate]
         self.prompts = [as_messages(r)[:-1] for r in rows]
-        self.references = [[as_messages(r)[-1]["content"]] for r in rows]
+        self.references = [r.get("references") or [as_messages(r)[-1]["content"]] for r in rows]
 
     def __call__(self, model) -> dict:
         from tunesmith.eval.generation import text_metrics
@@ -364,7 +402,7 @@ class Scores:
         if self.general is not None:
             out["general_perplexity"] = loss_metrics(mean_loss(model, self.general, bs))["perplexity"]
         if self.prompts:
-            said = replies(model, self.tokenizer, self.prompts, max_new_tokens=self.cfg.eval.max_new_tokens)
+            said = replies(model, self.tokenizer, self.prompts, Sampling(self.cfg.eval.max_new_tokens))
             out |= text_metrics(said, self.references)
             out["samples"] = [{"prompt": p[-1]["content"][:500], "reply": r[:500], "reference": ref[0][:500]}
                               for p, r, ref in list(zip(self.prompts, said, self.references))[:5]]

@@ -20,6 +20,8 @@ def write_report(run_dir: Path) -> Path:
     data = json.loads((run_dir / "data" / "data_report.json").read_text())
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
     figures = {"loss": plots.loss_curves(metrics), "lengths": plots.length_histograms(data.get("chars", {}))}
+    if "perplexity" in ev.get("tuned", {}) and "baseline" in ev:
+        figures["before_after"] = plots.before_after(ev["baseline"], ev["tuned"])
     if "confusion" in ev.get("tuned", {}):
         figures["confusion"] = plots.confusion(ev["tuned"]["confusion"], ev["labels"])
         curves = {"tuned": ev["tuned"]["reliability"], f"tuned, T={ev['temperature']:.2f}": ev["tuned"]["reliability_calibrated"]}

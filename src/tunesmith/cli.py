@@ -98,7 +98,9 @@ def print_eval(run_dir: Path) -> None:
         if "baseline" in ev:
             table.add_column("untuned baseline", justify="right")
         table.add_column("fine-tuned", justify="right")
-        for key in ("accuracy", "macro_f1", "ece", "ece_calibrated", "loss", "perplexity"):
+        from tunesmith.eval.metrics import SCORES
+
+        for key, _ in SCORES:
             if key in ev["tuned"]:
                 cells = ([f"{ev['baseline'][key]:.4f}"] if "baseline" in ev else []) + [f"{ev['tuned'][key]:.4f}"]
                 table.add_row(key, *cells)

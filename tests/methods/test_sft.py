@@ -154,7 +154,7 @@ def test_generation_scores_and_forgetting_are_reported_for_base_and_tuned(tiny_l
     ev = json.loads((run / "eval.json").read_text())
     for who in ("baseline", "tuned"):
         assert {"rougeL", "bleu", "exact_match", "general_perplexity", "perplexity"} <= set(ev[who])
-    assert len(ev["tuned"]["samples"]) == 3 and ev["forgetting"]["ppl_ratio"] > 0
+    assert len(ev["tuned"]["samples"]) == 3 and ev["tuned"]["replies_scored"] == 3 and ev["forgetting"]["ppl_ratio"] > 0
     html = (run / "report.html").read_text()
     assert 'alt="base vs tuned"' in html and html.count("<th>base model</th>") == 1 and "Forgetting" in html
 

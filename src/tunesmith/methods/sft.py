@@ -403,7 +403,7 @@ class Scores:
             out["general_perplexity"] = loss_metrics(mean_loss(model, self.general, bs))["perplexity"]
         if self.prompts:
             said = replies(model, self.tokenizer, self.prompts, Sampling(self.cfg.eval.max_new_tokens))
-            out |= text_metrics(said, self.references)
+            out |= text_metrics(said, self.references) | {"replies_scored": len(said)}
             out["samples"] = [{"prompt": p[-1]["content"][:500], "reply": r[:500], "reference": ref[0][:500]}
                               for p, r, ref in list(zip(self.prompts, said, self.references))[:5]]
         return out

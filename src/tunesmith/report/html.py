@@ -7,6 +7,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from tunesmith.eval.metrics import SCORES
 from tunesmith.report import plots
 from tunesmith.runs import atomic_write
 
@@ -30,7 +31,7 @@ def write_report(run_dir: Path) -> Path:
         figures["reliability"] = plots.reliability_diagram(curves)
     env = Environment(loader=PackageLoader("tunesmith", "report"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
-        run=run_dir.name, config=(run_dir / "config.yaml").read_text(), ev=ev, data=data, figures=figures)
+        run=run_dir.name, config=(run_dir / "config.yaml").read_text(), ev=ev, data=data, figures=figures, scores=SCORES)
     out = run_dir / "report.html"
     atomic_write(out, html)
     return out

@@ -105,7 +105,7 @@ def before_after(base: dict, tuned: dict) -> str | None:
         for shift, who, scores in ((-0.2, "base", base), (0.2, "tuned", tuned)):
             bars = ax.bar([x + shift for x in at], [scores[k] for k in keys], width=0.4, label=who)
             ax.bar_label(bars, fmt="%.1f", fontsize=8)
-        ax.set_xticks(list(at), [k.replace("_", " ") for k in keys])
+        ax.set_xticks(list(at), [k.replace("_", " ") for k in keys], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)

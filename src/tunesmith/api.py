@@ -99,17 +99,18 @@ def headline(report: dict) -> dict:
 
 
 def generate(run: str | Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0, stop: list[str] | None = None) -> list[str]:
+             top_p: float = 1.0, stop: list[str] | None = None, repetition_penalty: float = 1.0) -> list[str]:
     """Replies of a run's causal LM (sft/pretrain) to single-turn prompts, with its chat template; a reply ends
     before the first of the `stop` strings."""
-    return sft.generate(_lm_dir(run), prompts, sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ())))
+    sampling = sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
+    return sft.generate(_lm_dir(run), prompts, sampling)
 
 
 def chat(run: str | Path, *, system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.7,
-         top_p: float = 0.9, stop: list[str] | None = None) -> "sft.ChatSession":
+         top_p: float = 0.9, stop: list[str] | None = None, repetition_penalty: float = 1.0) -> "sft.ChatSession":
     """A conversation with a run's causal LM: `session.send(text)` yields the reply as it is generated."""
-    return sft.ChatSession(_lm_dir(run), system=system,
-                           sampling=sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ())))
+    sampling = sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
+    return sft.ChatSession(_lm_dir(run), system=system, sampling=sampling)
 
 
 def _lm_dir(run: str | Path) -> Path:

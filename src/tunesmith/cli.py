@@ -129,6 +129,7 @@ def predict(
 
 
 STOP_HELP = "End a reply before this text (repeat for several)."
+PENALTY_HELP = "Above 1, tokens already in the text become less likely (breaks the loops of small models)."
 
 
 @app.command()
@@ -142,10 +143,12 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help=STOP_HELP)] = None,
+    repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = 1.0,
 ):
     """Replies of a run's model to prompts (greedy at temperature 0), batched."""
     items = _inputs(text, prompts, "nothing to generate: give prompts as arguments or --prompts FILE")
-    replies = _api().generate(run, items, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop)
+    replies = _api().generate(run, items, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                              repetition_penalty=repetition_penalty)
     lines = [json.dumps({"prompt": p, "reply": r}, ensure_ascii=False) for p, r in zip(items, replies)]
     if out_file:
         out_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -163,10 +166,11 @@ def chat(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help=STOP_HELP)] = None,
+    repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = 1.0,
 ):
     """Talk to a run's model; replies stream as they are generated. An empty line, 'exit' or Ctrl-D ends it."""
     session = _api().chat(run, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          stop=stop)
+                          stop=stop, repetition_penalty=repetition_penalty)
     while True:
         try:
             text = input("you> ").strip()

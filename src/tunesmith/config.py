@@ -127,6 +127,7 @@ class EvalConfig(Strict):
     bins: int = Field(15, ge=2)  # bins of the reliability diagram and ECE
     generate: int = Field(0, ge=0)  # sft: generate replies for this many test rows, scored by ROUGE/BLEU/exact match
     max_new_tokens: int = Field(128, gt=0)  # sft: the longest generated reply
+    repetition_penalty: float = Field(1.0, ge=1.0)  # sft: > 1 discourages the loops small models fall into
     general_text: str | None = None  # sft/pretrain: a general-text file; perplexity on it before/after = forgetting
     general_tokens: int = Field(20000, gt=0)  # at most this many tokens of general_text are scored
 

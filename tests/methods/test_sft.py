@@ -195,6 +195,7 @@ def test_merged_saved_model_generates_what_the_adapter_generated(tiny_lm, tokeni
     assert generate(tmp_path / "model", prompts, Sampling(12)) == with_adapter
     stop = with_adapter[0][4:7]  # a reply ends before its first stop string, which is not part of it
     assert generate(tmp_path / "model", prompts[:1], Sampling(12, stop=(stop,))) == [with_adapter[0].split(stop)[0].strip()]
+    assert generate(tmp_path / "model", prompts, Sampling(12, repetition_penalty=50.0)) != with_adapter
 
 
 def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
@@ -217,7 +218,7 @@ def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
     result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--prompts", str(prompts), "--max-new-tokens", "20"])
     assert result.exit_code == 0, result.output
     assert [json.loads(ln)["reply"] for ln in result.output.splitlines()] == ["Yes.", "Yes.", "Yes."]
-    result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--stop", "s."])
+    result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--stop", "s.", "--repetition-penalty", "1.1"])
     assert result.exit_code == 0 and json.loads(result.output)["reply"] == "Ye"
     session = api.chat(run, temperature=0, stop=["es"])
     assert "".join(session.send("question 7")) == "Y" and session.messages[-1] == {"role": "assistant", "content": "Y"}

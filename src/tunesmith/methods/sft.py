@@ -295,10 +295,11 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the text less likely (CTRL's penalty)
 
     def kwargs(self, tokenizer) -> dict:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        out = {"max_new_tokens": self.max_new_tokens, "pad_token_id": pad}
+        out = {"max_new_tokens": self.max_new_tokens, "pad_token_id": pad, "repetition_penalty": self.repetition_penalty}
         out |= {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else \
             {"do_sample": False}
         return out | ({"stop_strings": list(self.stop), "tokenizer": tokenizer} if self.stop else {})
@@ -402,7 +403,8 @@ class Scores:
         if self.general is not None:
             out["general_perplexity"] = loss_metrics(mean_loss(model, self.general, bs))["perplexity"]
         if self.prompts:
-            said = replies(model, self.tokenizer, self.prompts, Sampling(self.cfg.eval.max_new_tokens))
+            said = replies(model, self.tokenizer, self.prompts, Sampling(self.cfg.eval.max_new_tokens,
+                                                                         repetition_penalty=self.cfg.eval.repetition_penalty))
             out |= text_metrics(said, self.references) | {"replies_scored": len(said)}
             out["samples"] = [{"prompt": p[-1]["content"][:500], "reply": r[:500], "reference": ref[0][:500]}
                               for p, r, ref in list(zip(self.prompts, said, self.references))[:5]]

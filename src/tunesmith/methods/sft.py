@@ -354,19 +354,21 @@ def generate(model_dir: Path, prompts: list[str], sampling: Sampling = Sampling(
 
 @torch.no_grad()
 def replies(model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), *,
-            batch_size: int = 8) -> list[str]:
-    """The next assistant reply to each conversation, in batches (left-padded)."""
+            batch_size: int = 16) -> list[str]:
+    """The next assistant reply to each conversation, in batches of prompts of similar length (left-padded)."""
     was_training = model.training
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     texts = [prompt_text(tokenizer, c) for c in conversations]
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[str] = [""] * len(texts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
         rows = model.generate(**enc, **sampling.kwargs(tokenizer))
-        for r in rows:
+        for i, r in zip(batch, rows):
             said = tokenizer.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out.append(said[: sampling.end(said)].strip())
+            out[i] = said[: sampling.end(said)].strip()
     tokenizer.padding_side = side
     model.train(was_training)
     return out

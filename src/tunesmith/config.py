@@ -112,6 +112,7 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     group_by_length: bool = True  # batches of similar length: far less padding
     packing: bool = False  # sft/pretrain: several examples per max_length sequence, attending only within themselves
+    loss_on: Literal["replies", "all"] = "replies"  # sft: the assistant's replies only, or every token (prompts too)
     early_stopping: EarlyStopping | None = None
     eval_every: int | None = Field(None, gt=0)  # steps between validations; default once per epoch
     checkpoint_every: int = Field(500, gt=0)  # steps between checkpoints

@@ -59,6 +59,14 @@ def test_loss_is_on_the_assistant_reply_and_its_end_of_turn(tokenizer):
     assert [text[a:b] for a, b in spans] == ["Hello there!<|im_end|>\n", "Bye<|im_end|>\n"]
 
 
+def test_loss_on_all_tokens_when_asked(tokenizer):
+    row = {"messages": conversation()}
+    replies_only = Tokens(tokenizer, [row], max_length=64, shape="chat")
+    every = Tokens(tokenizer, [row], max_length=64, shape="chat", loss_on="all")
+    assert every.targets[0] == every.ids[0] == replies_only.ids[0]
+    assert IGNORE in replies_only.targets[0]
+
+
 def test_truncation_is_counted_never_silent(tokenizer):
     rows = [{"messages": conversation("word " * 40)}, {"messages": conversation("ok")}]
     fits = len(Tokens(tokenizer, rows[1:], max_length=1000, shape="chat").ids[0])

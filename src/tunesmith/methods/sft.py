@@ -79,7 +79,8 @@ def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]
 class Tokens:
     """Token ids and loss targets of one split; counts what truncation cut."""
 
-    def __init__(self, tokenizer, rows: list[dict], max_length: int, shape: str, *, split: str = "", on_error: str = "skip"):
+    def __init__(self, tokenizer, rows: list[dict], max_length: int, shape: str, *, split: str = "", on_error: str = "skip",
+                 loss_on: str = "replies"):
         self.ids, self.targets = [], []
         self.truncated = self.replies_cut = self.dropped = 0
         for n, row in enumerate(rows):
@@ -90,7 +91,8 @@ class Tokens:
                 text, spans = render(tokenizer, as_messages(row))
                 enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 ids = enc["input_ids"]
-                targets = [t if any(a <= s < b for a, b in spans) else IGNORE for t, (s, _) in zip(ids, enc["offset_mapping"])]
+                targets = list(ids) if loss_on == "all" else \
+                    [t if any(a <= s < b for a, b in spans) else IGNORE for t, (s, _) in zip(ids, enc["offset_mapping"])]
             if len(ids) > max_length:
                 self.truncated += 1
                 self.replies_cut += int(any(t != IGNORE for t in targets[max_length:]))
@@ -249,8 +251,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     shape = report_data["shape"]
     rows = read_rows(run_dir / "data")
-    tokens = {name: Tokens(tokenizer, split, cfg.train.max_length, shape, split=name, on_error=cfg.data.on_error)
-              for name, split in rows.items()}
+    tokens = {name: Tokens(tokenizer, split, cfg.train.max_length, shape, split=name, on_error=cfg.data.on_error,
+                           loss_on=cfg.train.loss_on) for name, split in rows.items()}
     if not len(tokens["train"]):
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)

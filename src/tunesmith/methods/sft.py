@@ -58,8 +58,7 @@ def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]
     """The conversation as the model sees it, and the character spans the loss is taken on: each assistant
     reply with its end-of-turn marker. Spans come from rendering growing prefixes of the conversation."""
     if not tokenizer.chat_template:
-        prompt = "\n\n".join(m["content"] for m in messages[:-1])
-        head = FALLBACK_TEMPLATE.format(prompt=prompt)
+        head = prompt_text(tokenizer, messages[:-1])
         text = head + messages[-1]["content"] + tokenizer.eos_token
         return text, [(len(head), len(text))]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -311,6 +310,10 @@ class Sampling:
         found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         return min(found) if found else None
 
+    def cut(self, text: str) -> str:
+        """text up to its first stop string."""
+        return text[: self.end(text)]
+
 
 class ChatSession:
     """A conversation with a saved model: send() streams the reply piece by piece and keeps the history."""
@@ -341,8 +344,7 @@ class ChatSession:
                 yield said[shown:upto]
                 shown = upto
         worker.join()
-        end = self.sampling.end(said)
-        said = said[:end] if end is not None else said
+        said = self.sampling.cut(said)
         if len(said) > shown:
             yield said[shown:]
         self.messages.append({"role": "assistant", "content": said.strip()})
@@ -370,7 +372,7 @@ def replies(model, tokenizer, conversations: list[list[dict]], sampling: Samplin
         rows = model.generate(**enc, **sampling.kwargs(tokenizer))
         for i, r in zip(batch, rows):
             said = tokenizer.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            out[i] = said[: sampling.end(said)].strip()
+            out[i] = sampling.cut(said).strip()
     tokenizer.padding_side = side
     model.train(was_training)
     return out

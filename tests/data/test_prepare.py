@@ -61,6 +61,25 @@ def test_near_duplicates_within_and_across_splits(tmp_path):
     assert examples[0]["text"].startswith("the service") and examples[0]["where"].endswith("train.jsonl:31")
 
 
+@pytest.mark.parametrize("batch", [4096, 1])  # the chain inside one batch, and across batches
+def test_a_chain_of_near_copies_keeps_only_its_first_row(tmp_path, monkeypatch, batch):
+    """A ~ B ~ C with C not near A: B goes as a copy of A, and C as a copy of B although B was removed.
+    A's own later copy B must not take A with it."""
+    import tunesmith.data.prepare as prep
+
+    monkeypatch.setattr(prep, "BATCH", batch)
+    a = "the service at this branch was quick and the staff explained every single fee very clearly to us"
+    b = "the service at this branch was quick and the staff explained every single fee very patiently to me"
+    c = "the service at this office was quick and the staff explained every single rule very patiently to me"
+    filler = ["a dry account of rainfall in the northern hills", "nobody expected the second act to be this loud",
+              "three green parrots argued over a mango all afternoon", "the bridge closes at nine on sundays"]
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"text": t, "label": str(i % 2)}) + "\n" for i, t in enumerate([a, *filler[:2], b, *filler[2:], c])))
+    report, rows = run(tmp_path, train=str(p), val_fraction=0, test_fraction=0)
+    assert report["files"]["train"]["steps"][-1]["removed"] == {"near duplicate": 2}
+    assert [r["text"] for r in rows["train"]] == [a, *filler]
+
+
 def test_cleaning_html_unicode_control_and_length(tmp_path):
     p = tmp_path / "d.jsonl"
     texts = ["<p>Caf\u0065\u0301 <b>bold</b> &amp; more</p>", "zero\u200bwidth\x07 bell", "a   lot\tof    space ",

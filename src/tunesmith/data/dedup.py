@@ -2,6 +2,10 @@
 
 Splits are fed test first, then val, then train: a row that repeats an earlier split's row is leakage
 and is counted as such; a row that repeats a row of its own split is a plain duplicate.
+
+A row is a near duplicate when it is within the Jaccard threshold of any earlier row, kept or removed. So a
+cluster of near copies keeps one row however far its members drift from it (A ~ B ~ C with B removed as a
+copy of A: C goes too, as union-find clustering of MinHash candidates would decide).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from tunesmith.config import DedupConfig
 
 PUNCT = re.compile(r"[^\w\s]+")
 SEED = 42
+LEVELS = 2  # removed-row indexes per split: see Deduper._remember
 
 
 def dedup_key(text: str) -> str:
@@ -35,7 +40,8 @@ class Deduper:
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
         self.seen: dict[int, str] = {}  # hash of a key -> the split it was first seen in
-        self.index: dict[str, object] = {}  # split -> a rensa index of its kept rows
+        self.kept: dict[str, object] = {}  # split -> a rensa index of its kept rows
+        self.removed: dict[str, object] = {}  # split -> a rensa index of its rows removed as near duplicates
         self.rows = 0
 
     def check(self, split: str, keys: list[str], sketches: list | None) -> list[str | None]:
@@ -55,23 +61,73 @@ class Deduper:
         return verdict
 
     def _near(self, split: str, sketches: list, verdict: list[str | None]) -> None:
-        import rensa
-
-        todo = [i for i, v in enumerate(verdict) if v is None]
-        pairs = {i: (f"{split}:{self.rows + i}", sketches[i]) for i in todo}
+        """Earlier splits' rows, then this split's removed rows, then its kept rows (rensa adds the rows it keeps);
+        then a row kept in this batch goes after all if it is near a row removed before it in this batch."""
+        pairs = {i: (f"{split}:{self.rows + i}", sketches[i]) for i, v in enumerate(verdict) if v is None}
         self.rows += len(sketches)
-        for other, index in self.index.items():
-            if todo:
-                hits = index.is_duplicate_pairs([pairs[i] for i in todo])
-                for i, hit in zip(todo, hits):
-                    if hit:
-                        verdict[i] = _reason("near duplicate", other, split)
-                todo = [i for i, hit in zip(todo, hits) if not hit]
-        if split not in self.index:
-            self.index[split] = rensa.RMinHashDeduplicator(self.cfg.threshold, self.cfg.num_perm, True)
-        for i, added in zip(todo, self.index[split].add_pairs([pairs[i] for i in todo])):
+        todo = list(pairs)
+        for other in [s for s in self.kept if s != split]:
+            for index in [self.kept[other], *self.removed[other]]:
+                todo = self._mark(todo, pairs, index, _reason("near duplicate", other, split), verdict)
+        kept, removed = self._indexes(split)
+        for index in removed:
+            todo = self._mark(todo, pairs, index, "near duplicate", verdict)
+        for i, added in zip(todo, kept.add_pairs([pairs[i] for i in todo])):
             if not added:
                 verdict[i] = "near duplicate"
+        fresh = [i for i in pairs if (verdict[i] or "").startswith("near")]
+        while fresh:
+            self._remember(split, [pairs[i] for i in fresh])
+            fresh = _after_removed([i for i in pairs if verdict[i] is None and i > fresh[0]], pairs, removed)
+            for i in fresh:
+                kept.remove(pairs[i][0])
+                verdict[i] = "near duplicate"
+
+    def _remember(self, split: str, rows: list) -> None:
+        """Adds removed rows to the first of the split's removed-row indexes that does not refuse them as near
+        duplicates of its own rows (rensa keeps one row per cluster), up to LEVELS indexes."""
+        import rensa
+
+        levels = self.removed[split]
+        for level in range(LEVELS):
+            if level == len(levels):
+                levels.append(rensa.RMinHashDeduplicator(self.cfg.threshold, self.cfg.num_perm, True))
+            rows = [row for row, added in zip(rows, levels[level].add_pairs(rows)) if not added]
+            if not rows:
+                return
+
+    def _indexes(self, split: str) -> tuple:
+        import rensa
+
+        if split not in self.kept:
+            self.kept[split] = rensa.RMinHashDeduplicator(self.cfg.threshold, self.cfg.num_perm, True)
+            self.removed[split] = []
+        return self.kept[split], self.removed[split]
+
+    @staticmethod
+    def _mark(todo: list[int], pairs: dict, index, reason: str, verdict: list[str | None]) -> list[int]:
+        """Marks the rows of `todo` that are near a row of `index`; returns the others."""
+        if not todo:
+            return todo
+        hits = index.is_duplicate_pairs([pairs[i] for i in todo])
+        for i, hit in zip(todo, hits):
+            if hit:
+                verdict[i] = reason
+        return [i for i, hit in zip(todo, hits) if not hit]
+
+
+def _after_removed(todo: list[int], pairs: dict, removed: list) -> list[int]:
+    """The rows of `todo` that are near a removed row that came before them. rensa's check has no order, and a
+    row's own later copy must not remove it."""
+    near = set()
+    for index in removed:
+        near.update(i for i, hit in zip(todo, index.is_duplicate_pairs([pairs[i] for i in todo])) if hit)
+    return [i for i in sorted(near)
+            if any(_number(k) < _number(pairs[i][0]) for index in removed for k in index.get_duplicates(pairs[i][1]))]
+
+
+def _number(key: str) -> int:
+    return int(key.rpartition(":")[2])
 
 
 def _reason(kind: str, first: str, split: str) -> str:

@@ -41,21 +41,53 @@ SCHEMAS = {"classify": [("text", pa.string()), ("label", pa.string())],
            "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
            "text": [("text", pa.string()), ("doc", pa.int64())]}
 EXAMPLES_PER_REASON = 3
-WORKERS = min(os.cpu_count() or 1, 8)  # they clean, hash and anonymise; the main process reads, dedups and writes
-_WORKER_ANONYMISER = None  # set before forking the workers; they inherit it
+WORKERS = min(os.cpu_count() or 1, 8)  # they clean and anonymise; the main process reads and writes
+DEPTH = 2 * WORKERS  # batches in flight per stage before the main process waits for the oldest
+# Set before forking the worker processes, which inherit them: the anonymiser (no second Presidio/spaCy load),
+# and the deduplicator, whose one process sees every batch in order (dedup decides by what came before).
+_WORKER_ANONYMISER = None
+_DEDUPER: Deduper | None = None
 
 
-def _anonymise(texts: list[str], _) -> tuple[list[str], Counter]:
-    return _WORKER_ANONYMISER.anonymise(texts)
+# Workers send back only what the main process lacks (changed texts, not all of them): pickling is per byte.
+
+def _anonymise(rows: list[list[str]], _) -> tuple[dict[int, list[str]], Counter]:
+    """The texts of the examples that anonymisation changed (by index), and how many of each type it replaced."""
+    out, counts = _WORKER_ANONYMISER.anonymise([t for texts in rows for t in texts])
+    changed, at = {}, 0
+    for n, texts in enumerate(rows):
+        new = out[at:at + len(texts)]
+        if new != texts:
+            changed[n] = new
+        at += len(texts)
+    return changed, counts
 
 
-def _clean_and_sketch(rows: list[list[str]], how: tuple[DataConfig, str]) -> tuple[list, list[str], Counter, list | None]:
-    """The per-row work that needs no state: cleaned texts, dedup keys and MinHash sketches (in a worker)."""
+def _clean(rows: list[list[str]], how: tuple[DataConfig, str]) -> tuple[dict, dict, list[bytes], Counter]:
+    """The per-row work that needs no state: cleaning, the length filter and dedup keys. Returns the cleaned
+    texts that changed and the rows the filter drops (reason, first text) by index, then each kept row's dedup
+    key and the cleaning counts."""
     cfg, shape = how
-    cleaner = Cleaner(cfg.clean)
-    cleaned = [[cleaner(t) for t in texts] for texts in rows]
-    keys = [dedup_key("\n".join(identity(shape, texts))) for texts in cleaned]
-    return cleaned, keys, cleaner.changed, minhashes(keys, cfg.dedup) if cfg.dedup.near else None
+    cleaner, lo, hi = Cleaner(cfg.clean), cfg.clean.min_chars, cfg.clean.max_chars
+    changed, dropped, keys = {}, {}, []
+    for n, texts in enumerate(rows):
+        cleaned = [cleaner(t) for t in texts]
+        if cleaned != texts:
+            changed[n] = cleaned
+        shortest, longest = min(map(len, cleaned)), max(map(len, cleaned))
+        if shortest < lo:
+            dropped[n] = ("empty after cleaning" if shortest == 0 else f"shorter than {lo} characters", cleaned[0])
+        elif hi and longest > hi:
+            dropped[n] = (f"longer than {hi} characters", cleaned[0])
+        else:
+            keys.append(dedup_key("\n".join(identity(shape, cleaned))))
+    return changed, dropped, keys, cleaner.changed
+
+
+def _dedup(batch: tuple[str, list[bytes]], cfg: DedupConfig) -> list[str | None]:
+    """MinHash sketches are made here, where they are used: sending them between processes costs more."""
+    split, keys = batch
+    return _DEDUPER.check(split, list(map(hash, keys)), minhashes(keys, cfg) if cfg.near else None)
 
 
 class _Done:
@@ -107,7 +139,6 @@ class Preparer:
         self.cfg, self.seed, self.load_tokenizer = cfg, seed, tokenizer
         self.mapper: Mapper | None = None
         self.cleaning: Counter = Counter()  # texts each cleaning step changed
-        self.deduper = Deduper(cfg.dedup)
         self.pii_counts: Counter = Counter()
         self.anonymiser = None
         self.tokenizer = None
@@ -115,29 +146,33 @@ class Preparer:
 
     # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
 
-    def pool(self, name: str, path: str, out: Path, split_col: str | None) -> tuple[Path, Funnel]:
-        """Each batch goes clean (here) -> MinHash (worker) -> dedup (here, in order) -> PII (worker) -> write (here),
-        so that the main process reads and cleans the next batches while the workers hash and anonymise."""
+    def pool(self, name: str, path: str, out: Path, split_col: str | None, workers: tuple) -> tuple[Path, Funnel]:
+        """Each batch goes clean (worker) -> dedup (the dedup process, in order) -> PII (worker) ->
+        write (here), so that the main process reads the next batches while the others work."""
         funnel = Funnel(str(path))
         dest = out / f".pool-{name}.parquet"
         split = name if not split_col else "all"
-        writer, hashing, anonymising = None, deque(), deque()
+        pool, deduper = workers
+        writer, cleaning, deduping, anonymising = None, deque(), deque(), deque()
         rows = self._examples(path, funnel, split_col)
-        with self._workers() as workers:
-            more = True
-            while more or hashing or anonymising:
-                batch = list(islice(rows, BATCH)) if more else []
-                more = bool(batch)
-                if batch:
-                    texts = [texts_of(self.mapper.shape, ex) for _, ex, _ in batch]
-                    hashing.append((batch, self._run(workers, _clean_and_sketch, texts, (self.cfg, self.mapper.shape))))
-                while hashing and (not more or len(hashing) > 2 * WORKERS or hashing[0][1].ready()):
-                    batch, job = hashing.popleft()
-                    kept = self._deduplicated(split, self._length_checked(batch, *job.get(), funnel), funnel)
-                    texts = [t for ex, _ in kept for t in texts_of(self.mapper.shape, ex)] if self.cfg.pii else None
-                    anonymising.append((kept, self._run(workers, _anonymise, texts, None) if texts else None))
-                while anonymising and (not (more or hashing) or len(anonymising) > 2 * WORKERS or _ready(anonymising[0][1])):
-                    writer = self._write(writer, dest, *anonymising.popleft())
+        more = True
+        while more or cleaning or deduping or anonymising:
+            batch = list(islice(rows, BATCH)) if more else []
+            more = bool(batch)
+            if batch:
+                texts = [texts_of(self.mapper.shape, ex) for _, ex, _ in batch]
+                cleaning.append((batch, self._run(pool, _clean, texts, (self.cfg, self.mapper.shape))))
+            while cleaning and (not more or len(cleaning) > DEPTH or cleaning[0][1].ready()):
+                batch, job = cleaning.popleft()
+                kept, keys = self._length_checked(batch, *job.get(), funnel)
+                deduping.append((kept, self._run(deduper, _dedup, (split, keys), self.cfg.dedup)))
+            while deduping and (not (more or cleaning) or len(deduping) > DEPTH or deduping[0][1].ready()):
+                kept = self._deduplicated(*deduping.popleft(), funnel)
+                texts = [texts_of(self.mapper.shape, ex) for ex, _ in kept] if self.cfg.pii else None
+                anonymising.append((kept, self._run(pool, _anonymise, texts, None) if texts else None))
+            while anonymising and (not (more or cleaning or deduping) or len(anonymising) > DEPTH
+                                   or _ready(anonymising[0][1])):
+                writer = self._write(writer, dest, *anonymising.popleft())
         if writer is None:
             raise TunesmithError(f"{path}: no rows left after reading and filtering" + _why(funnel))
         writer.close()
@@ -145,17 +180,20 @@ class Preparer:
 
     @contextmanager
     def _workers(self):
-        """Forked workers inherit the loaded anonymiser (no second spaCy/Presidio load); where the platform
-        cannot fork, the jobs run in this process."""
-        global _WORKER_ANONYMISER
+        """Forked workers for cleaning and PII, and one for dedup; where the platform cannot fork, the
+        jobs run in this process."""
+        global _WORKER_ANONYMISER, _DEDUPER
         _WORKER_ANONYMISER = self._anonymiser() if self.cfg.pii else None
-        pool = mp.get_context("fork").Pool(WORKERS) if "fork" in mp.get_all_start_methods() else None
+        _DEDUPER = Deduper(self.cfg.dedup)
+        fork = "fork" in mp.get_all_start_methods()
+        pools = (mp.get_context("fork").Pool(WORKERS), mp.get_context("fork").Pool(1)) if fork else (None, None)
         try:
-            yield pool
+            yield pools
         finally:
-            if pool is not None:
-                pool.terminate()
-            _WORKER_ANONYMISER = None
+            for pool in pools:
+                if pool is not None:
+                    pool.terminate()
+            _WORKER_ANONYMISER = _DEDUPER = None
 
     def _run(self, workers, fn, items: list, arg):
         if workers is None:
@@ -167,9 +205,10 @@ class Preparer:
             return writer
         examples = [ex for ex, _ in kept]
         if job is not None:
-            flat, counts = job.get()
+            changed, counts = job.get()
             self.pii_counts.update(counts)
-            examples = self._anonymised(examples, flat)
+            for n, texts in changed.items():
+                examples[n] = with_texts(self.mapper.shape, examples[n], texts)
         table = self._table(examples, [p for _, p in kept])
         writer = writer or pq.ParquetWriter(dest, table.schema)
         writer.write_table(table)
@@ -215,41 +254,28 @@ class Preparer:
         funnel.fields = mapper.fields
         return mapper
 
-    def _length_checked(self, batch: list, cleaned: list, keys: list, changed: Counter, sketches: list | None,
-                        funnel: Funnel) -> list[tuple]:
-        """(where, texts, example, part, key, sketch) of the cleaned rows that pass the length filter."""
-        self.cleaning.update(changed)
-        shape, lo, hi = self.mapper.shape, self.cfg.clean.min_chars, self.cfg.clean.max_chars
+    def _length_checked(self, batch: list, changed: dict, dropped: dict, keys: list[bytes], counts: Counter,
+                        funnel: Funnel) -> tuple[list, list[bytes]]:
+        """The rows of the batch that pass the length filter, with their cleaned texts (and their dedup keys)."""
+        self.cleaning.update(counts)
+        shape, kept = self.mapper.shape, []
+        for n, (where, ex, part) in enumerate(batch):
+            if n in dropped:
+                reason, text = dropped[n]
+                funnel.drop("length", reason, where, text)
+            else:
+                kept.append((where, with_texts(shape, ex, changed[n]) if n in changed else ex, part))
+        return kept, keys
+
+    def _deduplicated(self, rows: list[tuple], job, funnel: Funnel) -> list[tuple[dict, str | None]]:
         kept = []
-        for n, ((where, ex, part), texts) in enumerate(zip(batch, cleaned)):
-            shortest, longest = min(map(len, texts)), max(map(len, texts))
-            if shortest < lo:
-                funnel.drop("length", "empty after cleaning" if shortest == 0 else f"shorter than {lo} characters", where, texts[0])
-            elif hi and longest > hi:
-                funnel.drop("length", f"longer than {hi} characters", where, texts[0])
-            else:
-                kept.append((where, texts, with_texts(shape, ex, texts), part, keys[n], sketches[n] if sketches else None))
-        return kept
-
-    def _deduplicated(self, split: str, cleaned: list[tuple], funnel: Funnel) -> list[tuple[dict, str | None]]:
-        verdicts = self.deduper.check(split, [c[4] for c in cleaned], [c[5] for c in cleaned] if self.cfg.dedup.near else None)
-        rows = []
-        for (where, texts, ex, part, _, _), why in zip(cleaned, verdicts):
+        for (where, ex, part), why in zip(rows, job.get()):
             if why:
-                funnel.drop("dedup", why, where, texts[0])
+                funnel.drop("dedup", why, where, texts_of(self.mapper.shape, ex)[0])
             else:
-                rows.append((ex, part))
-        funnel.rows_kept += len(rows)
-        return rows
-
-    def _anonymised(self, examples: list[dict], flat: list[str]) -> list[dict]:
-        """The examples with their texts replaced by `flat`, the anonymised texts in texts_of order."""
-        shape, out, at = self.mapper.shape, [], 0
-        for ex in examples:
-            n = len(texts_of(shape, ex))
-            out.append(with_texts(shape, ex, flat[at:at + n]))
-            at += n
-        return out
+                kept.append((ex, part))
+        funnel.rows_kept += len(kept)
+        return kept
 
     def _anonymiser(self):
         if self.anonymiser is None:
@@ -295,8 +321,9 @@ class Preparer:
         cfg = self.cfg
         files = {name: getattr(cfg, name) for name in ("test", "val", "train") if getattr(cfg, name)}
         pools, funnels = {}, {}
-        for name, path in files.items():
-            pools[name], funnels[name] = self.pool(name, path, out, cfg.split_column if name == "train" else None)
+        with self._workers() as workers:
+            for name, path in files.items():
+                pools[name], funnels[name] = self.pool(name, path, out, cfg.split_column if name == "train" else None, workers)
         report: dict = {"shape": self.mapper.shape,
                         "files": {n: f.report() for n, f in funnels.items()},
                         "cleaning": {"texts_changed": dict(self.cleaning)},

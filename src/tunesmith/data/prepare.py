@@ -146,9 +146,12 @@ class Preparer:
 
     # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
 
-    def pool(self, name: str, path: str, out: Path, split_col: str | None, workers: tuple) -> tuple[Path, Funnel]:
+    def pool(self, name: str, path: str, out: Path, split_col: str | None, workers: tuple | None = None) -> tuple[Path, Funnel]:
         """Each batch goes clean (worker) -> dedup (the dedup process, in order) -> PII (worker) ->
         write (here), so that the main process reads the next batches while the others work."""
+        if workers is None:
+            with self._workers() as workers:
+                return self.pool(name, path, out, split_col, workers)
         funnel = Funnel(str(path))
         dest = out / f".pool-{name}.parquet"
         split = name if not split_col else "all"

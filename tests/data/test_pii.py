@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -111,6 +113,16 @@ def test_missing_spacy_model_says_what_to_install(monkeypatch):
         Anonymiser(["PERSON"])
 
 
+def test_structured_recognisers_load_without_transformers_and_leave_it_importable():
+    """Presidio's package would import transformers' pipelines (seconds) that its pattern recognisers never use."""
+    code = ("import sys; from tunesmith.data.pii import Anonymiser, STRUCTURED; a = Anonymiser(STRUCTURED); "
+            "assert 'transformers' not in sys.modules, 'transformers was imported'; "
+            "assert a.anonymise(['write to a@b.org'])[0] == ['write to <EMAIL>']; "
+            "import transformers; from transformers import AutoTokenizer")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_offline_and_quiet(monkeypatch, caplog):
     """tldextract (behind the email check) must not try the network, and nothing warns."""
     def no_network(*args, **kwargs):
@@ -132,9 +144,31 @@ def test_names_and_places(full):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("text, name", [
+    ("Scott is a very sympathetic person.", "Scott"),  # spaCy: ORG; a known given name makes it a person
+    ("Follow up with Sigrid Nyström in a couple of months.", "Sigrid Nyström"),
+    ("Ella: What a wife.\nDestiny: Remember me?", "Destiny"),  # a dialogue: two known names as speaker labels
+    (">Marta Palermo\n>Cityscan\n>1072 Pohlstrasse 9", "Marta Palermo"),  # a line holding only a name
+    ("A film directed by Bryan Maclean and starring Westgård", "Westgård"),
+])
+def test_names_found_by_given_names_and_cues(full, text, name):
+    assert (name, "PERSON") in found(full, text)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("text", [
+    "General: Remember why you fight.\n[The soldiers cheer.]\nGeneral: Forward!",  # one label: a speech, no dialogue
+    "Florida: Legal\nGeorgia: Illegal\nMissouri: Legal\nTexas: Illegal\nOhio: Legal\nMontana: Legal",  # a list
+    "The trail is located in Rocky Mountain National Park in Colorado.",  # an ORG of three words is no person
+    "Send it to PSC 3294, Box 9168, APO AA 61487",  # spaCy's PERSON 'Box 9168' holds a digit
+])
+def test_real_chat_shapes_get_no_person(full, text):
+    assert [v for v, e in found(full, text) if e == "PERSON"] == []
+
+
+@pytest.mark.integration
 def test_recall_floors_on_the_fixture(full, fixtures):
-    """The targets: recall >= 0.95 per structured type and >= 0.80 on PERSON. Measured here: 1.0 each, PERSON 0.77
-    (the issue's 0.80 is not met; rules that met it tagged ordinary words as people in real chat data)."""
+    """The targets: recall >= 0.95 per structured type and >= 0.80 on PERSON. Measured here: 1.0 each, PERSON 0.85."""
     records = [json.loads(line) for line in (fixtures / "pii_200.jsonl").read_text(encoding="utf-8").splitlines()]
     predicted = full.find([r["text"] for r in records])
     hits: dict[str, list[int]] = {}
@@ -147,4 +181,4 @@ def test_recall_floors_on_the_fixture(full, fixtures):
     recall = {e: sum(h) / len(h) for e, h in hits.items()}
     assert set(recall) == set(STRUCTURED + NER_TYPES)
     assert {e: r for e, r in recall.items() if e in STRUCTURED and r < 0.95} == {}
-    assert recall["PERSON"] >= 0.75
+    assert recall["PERSON"] >= 0.80

@@ -3,8 +3,11 @@
 Rows: pairs of SST-2 sentences ("A B", label of A), so that a million rows are distinct; then a share of them
 of 60 characters or more is followed, a little later in the file, by a near copy made with one edit (a typo, a word dropped, added or
 swapped, a change of case and punctuation) and a few carry an e-mail or phone number. `tunesmith prepare`
-runs with cleaning, exact and MinHash near dedup and regex-level PII (no NER) in a child process whose peak RSS
-is read with os.wait4. A planted copy counts as found when it is not among the kept rows.
+runs with cleaning, exact and MinHash near dedup and regex-level PII (no NER) in a child process. prepare works in
+several processes (workers, a dedup process), so memory is measured twice: peak_rss_mb is the largest of them
+(os.wait4's ru_maxrss), and peak_total_pss_mb the peak of the sum of their proportional set sizes (PSS counts a
+page shared by forked processes once), sampled every 0.2 s with psutil. A planted copy counts as found when it is
+not among the kept rows.
 
     python benchmarks/prepare_scale.py [--rows 1000000] [--data ../shared/data/sst2]
 Writes benchmarks/results/prepare_scale.json.
@@ -76,6 +79,24 @@ def build(sentences: list[tuple[str, str]], rows: int, planted_share: float, pat
     return n, planted
 
 
+def tree_pss(pid: int) -> int:
+    """The summed PSS of a process and its descendants, in bytes (0 for those gone meanwhile)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
 def child(config: dict, out: Path, result: Path) -> None:
     from tunesmith.config import config_from_dict
     from tunesmith.data.prepare import prepare
@@ -115,7 +136,13 @@ def main() -> None:
             except BaseException as err:  # the parent reports it
                 print(f"prepare failed: {err}", file=sys.stderr)
                 os._exit(1)
-        _, status, usage = os.wait4(pid, 0)
+        peak_total = 0
+        while True:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                break
+            peak_total = max(peak_total, tree_pss(pid))
+            time.sleep(0.2)
         if status != 0:
             sys.exit("the prepare child failed (see above)")
         peak_mb = usage.ru_maxrss / 1024
@@ -131,16 +158,17 @@ def main() -> None:
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "python": platform.python_version(), "loadavg_at_start": os.getloadavg()},
            "rows": rows, "seconds": round(run["seconds"], 2), "rows_per_s": round(rows / run["seconds"], 1),
-           "peak_rss_mb": round(peak_mb, 1), "near_dups_planted": len(planted), "near_dups_found": found,
+           "peak_rss_mb": round(peak_mb, 1), "peak_total_pss_mb": round(peak_total / 2**20, 1), "near_dups_planted": len(planted), "near_dups_found": found,
            "found_share": round(found / max(len(planted), 1), 4), "other_rows_removed": base_removed,
            "rows_kept": sum(report["rows"].values()), "removed_by_step": {s["step"]: s["removed"] for s in removed},
            "pii_replaced": report["pii"]["replaced"], "config": config["data"] | {"train": "(generated)"},
            "planting": {"share": args.planted, "min_chars": MIN_PLANT_CHARS, "edits": "one of: two letters swapped, a word "
                         "dropped (rows of 9+ words), a filler word added or swapped in, case and punctuation changed"},
-           "targets": {"rows_per_s": ">= 20000", "peak_rss_mb": "<= 4000", "found_share": ">= 0.95"}}
+           "targets": {"rows_per_s": ">= 20000", "peak_rss_mb": "<= 4000 (held by peak_total_pss_mb too)",
+                       "found_share": ">= 0.95"}}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "prepare_scale.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("rows", "seconds", "rows_per_s", "peak_rss_mb", "near_dups_planted",
+    print(json.dumps({k: out[k] for k in ("rows", "seconds", "rows_per_s", "peak_rss_mb", "peak_total_pss_mb", "near_dups_planted",
                                           "near_dups_found", "found_share", "other_rows_removed", "rows_kept")}, indent=2))
 
 

@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
 from tunesmith.config import config_from_dict
-from tunesmith.methods.classify import build_model, order_batches
+from tunesmith.methods.classify import build_model, freeze_embeddings, order_batches
 
 
 def test_grouped_batches_pad_little_and_cover_every_row_once():
@@ -21,6 +22,15 @@ def test_lora_trains_only_the_adapter_and_the_head(tiny_model):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
     assert any("classifier" in n for n in trainable)
+
+
+@pytest.mark.parametrize("setting, frozen", [("auto", True), (False, False)])
+def test_classifiers_freeze_their_token_embeddings_unless_told(tiny_model, setting, frozen):
+    cfg = config_from_dict({"model": str(tiny_model), "data": {"train": "x"}, "train": {"freeze_embeddings": setting}})
+    model = build_model(tiny_model, ["a", "b"])
+    freeze_embeddings(model, cfg, default=True)
+    assert model.get_input_embeddings().weight.requires_grad is not frozen
+    assert all(p.requires_grad for n, p in model.named_parameters() if "word_embeddings" not in n)
 
 
 def test_dropout_override_reaches_every_dropout(tiny_model):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tunesmith import zoo
 from tunesmith.config import LoraConfig, RunConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.methods.classify import order_batches, save_model, set_dropout
+from tunesmith.methods.classify import freeze_embeddings, order_batches, save_model, set_dropout
 from tunesmith.train.loop import Batch, Task, fit
 
 IGNORE = -100
@@ -256,6 +256,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)
     model = build_model(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
+    freeze_embeddings(model, cfg, default=False)  # often tied to the output layer, which must learn
     scores = Scores(cfg, tokenizer, tokens, rows.get("test") if shape != "text" else None)
     base = scores(model) if cfg.eval.baseline else None
     result = fit(make_task(model, tokens["train"], tokens.get("val"), cfg), cfg.train, run_dir, resume=resume, quiet=quiet)

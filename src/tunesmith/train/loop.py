@@ -19,7 +19,6 @@ import torch
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.train.checkpoint import list_checkpoints, load_trainable, restore_checkpoint, save_checkpoint, save_weights
-from tunesmith.train.dropout import use_cpu_dropout
 from tunesmith.train.optim import build_optimizer, lr_at, warmup_steps
 from tunesmith.train.precision import autocast, pick_device, pick_precision
 from tunesmith.train.progress import Progress
@@ -126,8 +125,6 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         torch.set_num_threads(cfg.threads)
     release_freed_memory()
     model = task.model.to(device)
-    if device.type == "cpu":
-        use_cpu_dropout(model)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr,
                                 head_names=task.head_names, device=device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None

@@ -24,11 +24,11 @@ def test_lora_trains_only_the_adapter_and_the_head(tiny_model):
     assert any("classifier" in n for n in trainable)
 
 
-@pytest.mark.parametrize("setting, frozen", [("auto", True), (False, False)])
-def test_classifiers_freeze_their_token_embeddings_unless_told(tiny_model, setting, frozen):
+@pytest.mark.parametrize("setting, frozen", [(True, True), (False, False)])
+def test_freeze_embeddings_freezes_the_token_embeddings_alone(tiny_model, setting, frozen):
     cfg = config_from_dict({"model": str(tiny_model), "data": {"train": "x"}, "train": {"freeze_embeddings": setting}})
     model = build_model(tiny_model, ["a", "b"])
-    freeze_embeddings(model, cfg, default=True)
+    freeze_embeddings(model, cfg)
     assert model.get_input_embeddings().weight.requires_grad is not frozen
     assert all(p.requires_grad for n, p in model.named_parameters() if "word_embeddings" not in n)
 

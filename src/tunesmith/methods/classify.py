@@ -47,11 +47,9 @@ def build_model(model_dir, labels: list[str], *, dropout: float | None = None, l
     return add_lora(model, lora) if lora else model
 
 
-def freeze_embeddings(model: torch.nn.Module, cfg: RunConfig, default: bool) -> None:
-    """train.freeze_embeddings ("auto" means `default`, the method's choice): the input token embeddings stay as
-    pretrained. LoRA freezes them anyway."""
-    setting = cfg.train.freeze_embeddings
-    if cfg.lora is None and (default if setting == "auto" else setting):
+def freeze_embeddings(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """train.freeze_embeddings: the input token embeddings stay as pretrained (LoRA freezes them anyway)."""
+    if cfg.train.freeze_embeddings and cfg.lora is None:
         model.get_input_embeddings().weight.requires_grad_(False)
 
 
@@ -178,7 +176,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     enc = {name: Encoded(tokenizer, split, prep.labels, cfg.train.max_length) for name, split in prep.splits.items()}
     torch.manual_seed(cfg.train.seed)
     model = build_model(model_dir, prep.labels, dropout=cfg.train.dropout, lora=cfg.lora)
-    freeze_embeddings(model, cfg, default=True)
+    freeze_embeddings(model, cfg)
     task = make_task(model, enc["train"], enc.get("val"), cfg)
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
 

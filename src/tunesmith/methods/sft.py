@@ -256,7 +256,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)
     model = build_model(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
-    freeze_embeddings(model, cfg, default=False)  # often tied to the output layer, which must learn
+    freeze_embeddings(model, cfg)
     scores = Scores(cfg, tokenizer, tokens, rows.get("test") if shape != "text" else None)
     base = scores(model) if cfg.eval.baseline else None
     result = fit(make_task(model, tokens["train"], tokens.get("val"), cfg), cfg.train, run_dir, resume=resume, quiet=quiet)

@@ -47,7 +47,7 @@ class Deduper:
         self.cfg = cfg
         self.seen: dict[int, str] = {}  # hash of a key -> the split it was first seen in
         self.kept: dict[str, object] = {}  # split -> a rensa index of its kept rows
-        self.removed: dict[str, object] = {}  # split -> a rensa index of its rows removed as near duplicates
+        self.removed: dict[str, list] = {}  # split -> rensa indexes (LEVELS at most) of its rows removed as near duplicates
         self.rows = 0
 
     def check(self, split: str, hashes: list[int], sketches: list | None) -> list[str | None]:

@@ -226,9 +226,9 @@ _SPEAKER_RE = regex.compile(r"(?m)^[ \t]*(?P<name>" + _WORD + r"(?:[ \t]+" + _WO
 _NAME_LINE_RE = regex.compile(r"(?m)^[ \t>]*(?P<name>" + _WORD + r"[ \t]+" + _WORD + r")[ \t]*$")
 _NOT_A_NAME = re.compile(r"\d|^\W*$")  # "Box 8144", "APO AA 42323", ">": spaCy's PERSON on addresses and markup
 _POSSESSIVE = re.compile(r"['’]s$")
-_INSTITUTION = re.compile(r"\s(?:University|College|School|Institute|Academy|League|Club|Team|Group|Bank|Code|Inc|Ltd|LLC"
-                          r"|Corp|Company|Foundation|Society|Council|Party|Church|Hospital|Clinic|Records|Studios?|Press|Media"
-                          r"|Labs?|Systems|Software|Games|Airlines?|Motors|Hotels?)\b\.?")
+_INSTITUTION = re.compile(r"\s(?:University|College|School|Institute|Academy|League|Club|Team|Group|Bank|Code|Inc"
+                          r"|Ltd|LLC|Corp|Company|Foundation|Society|Council|Party|Church|Hospital|Clinic|Records"
+                          r"|Studios?|Press|Media|Labs?|Systems|Software|Games|Airlines?|Motors|Hotels?)\b\.?")
 # Street addresses: "14 Crown Street", "Rua do Arenque 1634", "Brucker Bundesstrasse 31", "Suite 501", "P.O. Box 255".
 _STREET_WORDS = (r"(?:Street|St|Road|Rd|Avenue|Ave|Av|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Square|Sq"
                  r"|Terrace|Close|Crescent|Parkway|Highway|Hwy|Gardens|Gateway|Loop|Mall|Alley|Row|Walk|Plaza|str)\.?")

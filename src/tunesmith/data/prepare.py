@@ -146,7 +146,8 @@ class Preparer:
 
     # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
 
-    def pool(self, name: str, path: str, out: Path, split_col: str | None, workers: tuple | None = None) -> tuple[Path, Funnel]:
+    def pool(self, name: str, path: str, out: Path, split_col: str | None,
+             workers: tuple | None = None) -> tuple[Path, Funnel]:
         """Each batch goes clean (worker) -> dedup (the dedup process, in order) -> PII (worker) ->
         write (here), so that the main process reads the next batches while the others work."""
         if workers is None:
@@ -326,7 +327,8 @@ class Preparer:
         pools, funnels = {}, {}
         with self._workers() as workers:
             for name, path in files.items():
-                pools[name], funnels[name] = self.pool(name, path, out, cfg.split_column if name == "train" else None, workers)
+                split_col = cfg.split_column if name == "train" else None
+                pools[name], funnels[name] = self.pool(name, path, out, split_col, workers)
         report: dict = {"shape": self.mapper.shape,
                         "files": {n: f.report() for n, f in funnels.items()},
                         "cleaning": {"texts_changed": dict(self.cleaning)},

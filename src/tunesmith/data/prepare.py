@@ -168,7 +168,8 @@ class Preparer:
                 cleaning.append((batch, self._run(pool, _clean, texts, (self.cfg, self.mapper.shape))))
             while cleaning and (not more or len(cleaning) > DEPTH or cleaning[0][1].ready()):
                 batch, job = cleaning.popleft()
-                kept, keys = self._length_checked(batch, *job.get(), funnel)
+                changed, dropped, keys, counts = job.get()
+                kept = self._length_checked(batch, changed, dropped, counts, funnel)
                 deduping.append((kept, self._run(deduper, _dedup, (split, keys), self.cfg.dedup)))
             while deduping and (not (more or cleaning) or len(deduping) > DEPTH or deduping[0][1].ready()):
                 kept = self._deduplicated(*deduping.popleft(), funnel)
@@ -258,9 +259,8 @@ class Preparer:
         funnel.fields = mapper.fields
         return mapper
 
-    def _length_checked(self, batch: list, changed: dict, dropped: dict, keys: list[bytes], counts: Counter,
-                        funnel: Funnel) -> tuple[list, list[bytes]]:
-        """The rows of the batch that pass the length filter, with their cleaned texts (and their dedup keys)."""
+    def _length_checked(self, batch: list, changed: dict, dropped: dict, counts: Counter, funnel: Funnel) -> list:
+        """The rows of the batch that pass the length filter, with their cleaned texts."""
         self.cleaning.update(counts)
         shape, kept = self.mapper.shape, []
         for n, (where, ex, part) in enumerate(batch):
@@ -269,7 +269,7 @@ class Preparer:
                 funnel.drop("length", reason, where, text)
             else:
                 kept.append((where, with_texts(shape, ex, changed[n]) if n in changed else ex, part))
-        return kept, keys
+        return kept
 
     def _deduplicated(self, rows: list[tuple], job, funnel: Funnel) -> list[tuple[dict, str | None]]:
         kept = []

@@ -119,3 +119,22 @@ def test_eval_without_baseline(trained, fixtures):
     run_dir, _, _ = trained
     report = api.evaluate(run_dir, fixtures / "sst2_dev.tsv", baseline=False, write=False)
     assert "baseline" not in report and report["tuned"]["accuracy"] >= 0 and report["test_rows"] == 300
+
+
+def test_a_report_that_fails_to_draw_leaves_the_run_done(tmp_path, tiny_model, fixtures, monkeypatch):
+    import tunesmith.report.html as html
+
+    def broken(run_dir):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(html, "write_report", broken)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path,
+                                              eval={"baseline": False, "calibrate": False})))
+    result = runner.invoke(app, ["train", str(cfg), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "report: not written (RuntimeError: no fonts)" in result.output
+    row = api.list_runs(tmp_path / "runs")[-1]
+    run_dir = api.find_run_dir(row["path"])
+    assert row["status"] == "done" and (run_dir / "model").is_dir() and (run_dir / "eval.json").is_file()
+    assert not (run_dir / "report.html").exists() and "no fonts" in (run_dir / "report_error.log").read_text()

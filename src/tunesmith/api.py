@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
 import yaml
@@ -14,7 +15,7 @@ from tunesmith import zoo
 from tunesmith.config import DataConfig, RunConfig, config_from_dict, dump_config, load_config
 from tunesmith.data.classify import Split, read_prepared, read_split
 from tunesmith.data.prepare import Preparer, prepare
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import ReportNotWritten, TunesmithError
 from tunesmith.eval.calibration import softmax
 from tunesmith.methods import classify, sft
 from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json
@@ -48,9 +49,6 @@ def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = N
                                      f"{cfg.data.train} holds {shape} data (see data_report.json in {run_dir / 'data'})")
         report = METHODS[cfg.method](cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)
-        from tunesmith.report.html import write_report
-
-        write_report(run_dir)
     except BaseException as err:
         shutil.rmtree(run_dir / "model.tmp", ignore_errors=True)
         message = str(err) if isinstance(err, TunesmithError) else f"{type(err).__name__}: {err}"
@@ -59,7 +57,22 @@ def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = N
             (run_dir / "error.log").write_text(traceback.format_exc())
         raise
     registry.finish(run_dir, "done", metrics=headline(report))
+    _write_report(run_dir)
     return run_dir
+
+
+def _write_report(run_dir: Path) -> None:
+    """report.html is a view of eval.json and metrics.jsonl: if it cannot be drawn, the run (model/, eval.json) is
+    still complete and stays done; the reason goes to report_error.log and a warning."""
+    from tunesmith.report.html import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - any failure to draw must not undo a finished run
+        (run_dir / "report_error.log").write_text(traceback.format_exc())
+        warnings.warn(ReportNotWritten(f"{run_dir / 'report.html'} was not written ({type(err).__name__}: {err}); "
+                                       f"the model and eval.json are complete; see {run_dir / 'report_error.log'}"),
+                      stacklevel=3)
 
 
 def prepare_data(config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import ReportNotWritten, TunesmithError
 
 app = typer.Typer(help="Fine-tune language models on your own data, and prove that it helped.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -58,7 +59,9 @@ def train(
     """Fine-tune a model as CONFIG says; print tuned vs baseline metrics and the report's path."""
     if config is None and resume is None:
         raise TunesmithError("give a CONFIG file, or --resume RUN")
-    run_dir = _api().train(config, set_ or [], resume=resume, quiet=quiet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReportNotWritten)  # print_eval says it, in one line
+        run_dir = _api().train(config, set_ or [], resume=resume, quiet=quiet)
     print_eval(run_dir)
 
 
@@ -108,7 +111,12 @@ def print_eval(run_dir: Path) -> None:
     t = ev["train"]
     out.print(f"trained {t['steps']} steps in {t['seconds']} s ({t['examples_per_s']} examples/s, {t['precision']})")
     out.print(f"run:    {run_dir}")
-    out.print(f"report: {run_dir / 'report.html'}")
+    if (run_dir / "report.html").is_file():
+        out.print(f"report: {run_dir / 'report.html'}")
+    elif (run_dir / "report_error.log").is_file():
+        why = (run_dir / "report_error.log").read_text().strip().splitlines()[-1]
+        out.print(f"report: not written ({why}); the model and eval.json are complete; see {run_dir / 'report_error.log'}",
+                  style="yellow", highlight=False, markup=False)
 
 
 @app.command()

@@ -3,3 +3,7 @@
 
 class TunesmithError(Exception):
     """A user mistake or an environment problem, with a message that says what to do about it."""
+
+
+class ReportNotWritten(UserWarning):
+    """report.html could not be drawn; the run itself (model/, eval.json) is complete and marked done."""

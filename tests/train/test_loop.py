@@ -1,13 +1,15 @@
 """The loop on a tiny model: numerics (accumulation), early stopping, checkpoints and exact resume."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from tunesmith.config import EarlyStopping, TrainConfig
 from tunesmith.train.checkpoint import list_checkpoints
-from tunesmith.train.loop import Task, fit
+from tunesmith.train.loop import Task, _glibc, fit
 
 
 def toy_task(seed: int = 0, batch: int = 8, n: int = 64, dropout: float = 0.0) -> Task:
@@ -110,3 +112,28 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r and "split" not in r]
     assert steps == list(range(1, 25)), "steps logged after the checkpoint are dropped, then logged once more"
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt is what is tested")
+def test_freed_big_blocks_go_back_to_the_os():
+    """Once glibc's threshold has risen (here set to 32 MiB, its dynamic maximum), 6 MiB blocks come from its heap
+    and stay resident when freed, as a small block after each pins them; map_big_blocks gives them their own
+    mappings instead. A fresh process each, since mallopt is process-wide."""
+    script = """
+import ctypes, sys, torch
+from tunesmith.train.loop import M_MMAP_THRESHOLD, map_big_blocks
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 32 << 20)
+if sys.argv[1] == "mapped":
+    map_big_blocks()
+base, big, pins = rss_mb(), [], []
+for _ in range(40):
+    big.append(torch.ones(6 << 18))
+    pins.append(torch.ones(64))
+big.clear()
+print(rss_mb() - base)
+"""
+    kept = {arm: int(subprocess.run([sys.executable, "-c", script, arm], capture_output=True, text=True,
+                                    check=True).stdout) for arm in ("heap", "mapped")}
+    assert kept["heap"] > 200 and kept["mapped"] < 20, kept

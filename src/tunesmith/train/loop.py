@@ -62,14 +62,37 @@ class FitResult:
         return self.examples / self.train_seconds if self.train_seconds else 0.0
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MAP_FROM = 4 << 20  # bytes
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:  # not glibc (e.g. musl): its heap is not tuned this way
+        return None
+
+
 def release_freed_memory() -> None:
     """Hand freed heap back to the OS (glibc keeps it otherwise): once before training, so the data pipeline's
     leftovers do not add to the peak, and after each checkpoint. Not every step: that costs 25% speed."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to hand back this way
-            pass
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
+
+
+def map_big_blocks() -> None:
+    """Blocks of 4 MiB and more (activations of long batches, gradients) get their own mapping, which goes back
+    to the OS when freed. glibc's default threshold rises to 32 MiB as such blocks are freed, after which they
+    are carved from its heap and fragment it: on a minilm-l6 SST-2 step loop peak RSS settled 80-90 MB higher
+    (1,750 vs 1,657-1,675 MB, 400 steps, same speed). 2 MiB saves more but costs 8% speed in page faults.
+    Process-wide, and fixed from then on (mallopt turns glibc's dynamic threshold off)."""
+    libc = _glibc()
+    if libc:
+        libc.mallopt(M_MMAP_THRESHOLD, MAP_FROM)
 
 
 def _better(value: float, best: float | None, metric: str, min_delta: float) -> bool:
@@ -123,6 +146,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         precision, reason = pick_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    map_big_blocks()
     release_freed_memory()
     model = task.model.to(device)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr,

@@ -120,9 +120,12 @@ class Funnel:
 
     def drop(self, step: str, reason: str, where: str, text: str | None = None) -> None:
         self.removed[step][reason] += 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < EXAMPLES_PER_REASON:
-            shown.append({"where": where, "text": text[:300] if text else None})
+        if self.shows(reason):
+            self.examples.setdefault(reason, []).append({"where": where, "text": text[:300] if text else None})
+
+    def shows(self, reason: str) -> bool:
+        """Whether a row dropped for this reason still goes into the report's examples (the first few do)."""
+        return len(self.examples.get(reason, ())) < EXAMPLES_PER_REASON
 
     def report(self) -> dict:
         steps, rows = [], self.rows_read
@@ -275,7 +278,7 @@ class Preparer:
         kept = []
         for (where, ex, part), why in zip(rows, job.get()):
             if why:
-                funnel.drop("dedup", why, where, texts_of(self.mapper.shape, ex)[0])
+                funnel.drop("dedup", why, where, texts_of(self.mapper.shape, ex)[0] if funnel.shows(why) else None)
             else:
                 kept.append((ex, part))
         funnel.rows_kept += len(kept)

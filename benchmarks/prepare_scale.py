@@ -1,8 +1,9 @@
 """Data preparation at scale: 1,000,000 rows built from the real SST-2 train set, with planted near duplicates.
 
 Rows: pairs of SST-2 sentences ("A B", label of A), so that a million rows are distinct; then a share of them
-of 60 characters or more is followed, a little later in the file, by a near copy made with one edit (a typo, a word dropped, added or
-swapped, a change of case and punctuation) and a few carry an e-mail or phone number. `tunesmith prepare`
+of 60 characters or more is followed, a little later in the file, by a near copy made with one edit (a typo,
+a word dropped, added or swapped, a change of case and punctuation) and a few carry an e-mail or phone number.
+`tunesmith prepare`
 runs with cleaning, exact and MinHash near dedup and regex-level PII (no NER) in a child process. prepare works in
 several processes (workers, a dedup process), so memory is measured twice: peak_rss_mb is the largest of them
 (os.wait4's ru_maxrss), and peak_total_pss_mb the peak of the sum of their proportional set sizes (PSS counts a
@@ -23,7 +24,7 @@ import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -44,7 +45,7 @@ def edit(text: str, rng: random.Random) -> str:
     if kind == 0 and len(words[i]) > 3:  # a typo: two letters swapped
         w = words[i]
         j = rng.randrange(len(w) - 1)
-        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     elif kind == 1 and len(words) > 8:
         del words[i]
     elif kind == 2:
@@ -56,7 +57,9 @@ def edit(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def build(sentences: list[tuple[str, str]], rows: int, planted_share: float, path: Path, seed: int = 0) -> tuple[int, set]:
+def build(
+    sentences: list[tuple[str, str]], rows: int, planted_share: float, path: Path, seed: int = 0
+) -> tuple[int, set]:
     rng = random.Random(seed)
     planted, pending, n = set(), [], 0
     with path.open("w", encoding="utf-8") as f:
@@ -122,9 +125,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rows, planted = build(sentences, args.rows, args.planted, tmp / "rows.tsv")
-        config = {"name": "scale", "model": "minilm-l6",
-                  "data": {"train": str(tmp / "rows.tsv"), "shape": "classify",
-                           "pii": {"entities": ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL"]}}}
+        config = {
+            "name": "scale",
+            "model": "minilm-l6",
+            "data": {
+                "train": str(tmp / "rows.tsv"),
+                "shape": "classify",
+                "pii": {"entities": ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL"]},
+            },
+        }
         dedup = {"threshold": args.threshold, "ngram": args.ngram}
         config["data"]["dedup"] = {k: v for k, v in dedup.items() if v}
         result = tmp / "result.json"
@@ -151,25 +160,67 @@ def main() -> None:
         for split in run["report"]["rows"]:
             kept.update(pq.read_table(tmp / "out" / f"{split}.parquet", columns=["text"]).column("text").to_pylist())
     found = sum(1 for t in planted if t not in kept)
-    base_removed = rows - len(kept) - found  # rows that were not planted copies and still went: false positives or real repeats
+    base_removed = (
+        rows - len(kept) - found
+    )  # rows that were not planted copies and still went: false positives or real repeats
     report = run["report"]
     removed = report["files"]["train"]["steps"]
-    out = {"benchmark": "prepare_scale", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "python": platform.python_version(), "loadavg_at_start": os.getloadavg()},
-           "rows": rows, "seconds": round(run["seconds"], 2), "rows_per_s": round(rows / run["seconds"], 1),
-           "peak_rss_mb": round(peak_mb, 1), "peak_total_pss_mb": round(peak_total / 2**20, 1), "near_dups_planted": len(planted), "near_dups_found": found,
-           "found_share": round(found / max(len(planted), 1), 4), "other_rows_removed": base_removed,
-           "rows_kept": sum(report["rows"].values()), "removed_by_step": {s["step"]: s["removed"] for s in removed},
-           "pii_replaced": report["pii"]["replaced"], "config": config["data"] | {"train": "(generated)"},
-           "planting": {"share": args.planted, "min_chars": MIN_PLANT_CHARS, "edits": "one of: two letters swapped, a word "
-                        "dropped (rows of 9+ words), a filler word added or swapped in, case and punctuation changed"},
-           "targets": {"rows_per_s": ">= 20000", "peak_rss_mb": "<= 4000 (held by peak_total_pss_mb too)",
-                       "found_share": ">= 0.95"}}
+    out = {
+        "benchmark": "prepare_scale",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg(),
+        },
+        "rows": rows,
+        "seconds": round(run["seconds"], 2),
+        "rows_per_s": round(rows / run["seconds"], 1),
+        "peak_rss_mb": round(peak_mb, 1),
+        "peak_total_pss_mb": round(peak_total / 2**20, 1),
+        "near_dups_planted": len(planted),
+        "near_dups_found": found,
+        "found_share": round(found / max(len(planted), 1), 4),
+        "other_rows_removed": base_removed,
+        "rows_kept": sum(report["rows"].values()),
+        "removed_by_step": {s["step"]: s["removed"] for s in removed},
+        "pii_replaced": report["pii"]["replaced"],
+        "config": config["data"] | {"train": "(generated)"},
+        "planting": {
+            "share": args.planted,
+            "min_chars": MIN_PLANT_CHARS,
+            "edits": "one of: two letters swapped, a word "
+            "dropped (rows of 9+ words), a filler word added or swapped in, case and punctuation changed",
+        },
+        "targets": {
+            "rows_per_s": ">= 20000",
+            "peak_rss_mb": "<= 4000 (held by peak_total_pss_mb too)",
+            "found_share": ">= 0.95",
+        },
+    }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "prepare_scale.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("rows", "seconds", "rows_per_s", "peak_rss_mb", "peak_total_pss_mb", "near_dups_planted",
-                                          "near_dups_found", "found_share", "other_rows_removed", "rows_kept")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: out[k]
+                for k in (
+                    "rows",
+                    "seconds",
+                    "rows_per_s",
+                    "peak_rss_mb",
+                    "peak_total_pss_mb",
+                    "near_dups_planted",
+                    "near_dups_found",
+                    "found_share",
+                    "other_rows_removed",
+                    "rows_kept",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

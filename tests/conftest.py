@@ -38,14 +38,26 @@ def tiny_model(tmp_path_factory) -> Path:
     texts = [ln.split("\t")[0] for ln in (FIXTURES / "sst2_train.tsv").read_text().splitlines()[1:]]
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(texts, vocab_size=600, min_frequency=1)
-    tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tok = BertTokenizerFast(
+        tokenizer_object=wp._tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     tok.save_pretrained(out)
     import torch
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(cfg).save_pretrained(out)
     return out
 
@@ -53,7 +65,9 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_config(model: Path, train: Path, tmp: Path, **overrides) -> dict:
     """A full config dict for a fast run of the tiny model; keyword sections are merged in."""
     cfg = {
-        "name": "tiny", "model": str(model), "output_dir": str(tmp / "runs"),
+        "name": "tiny",
+        "model": str(model),
+        "output_dir": str(tmp / "runs"),
         "data": {"train": str(train), "text": "sentence", "label": "label", "max_rows": 300},
         "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "max_length": 48, "log_every": 2, "checkpoint_every": 10},
         "eval": {"baseline": True, "calibrate": True},

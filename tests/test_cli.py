@@ -17,8 +17,11 @@ runner = CliRunner()
 def trained(tiny_model, fixtures, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     cfg = tmp / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp,
-                                              data={"test": str(fixtures / "sst2_dev.tsv")})))
+    cfg.write_text(
+        yaml.safe_dump(
+            tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp, data={"test": str(fixtures / "sst2_dev.tsv")})
+        )
+    )
     result = runner.invoke(app, ["train", str(cfg), "--set", "train.epochs=3", "-q"])
     assert result.exit_code == 0, result.output
     runs = tmp / "runs"
@@ -28,8 +31,12 @@ def trained(tiny_model, fixtures, tmp_path_factory):
 
 def test_train_writes_the_run_directory_contract(trained):
     run_dir, output, _ = trained
-    assert {"config.yaml", "metrics.jsonl", "eval.json", "report.html", "data", "model", "checkpoints", "tb"} <= {p.name for p in run_dir.iterdir()}
-    assert {"train.parquet", "val.parquet", "test.parquet", "data_report.json"} <= {p.name for p in (run_dir / "data").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "eval.json", "report.html", "data", "model", "checkpoints", "tb"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    assert {"train.parquet", "val.parquet", "test.parquet", "data_report.json"} <= {
+        p.name for p in (run_dir / "data").iterdir()
+    }
     assert "untuned baseline" in output and "report.html" in output
     ev = json.loads((run_dir / "eval.json").read_text())
     assert ev["test_rows"] == 300 and set(ev) >= {"tuned", "baseline", "temperature", "train"}
@@ -95,8 +102,13 @@ def test_a_failed_run_is_marked_failed_and_leaves_no_model(tmp_path, tiny_model)
 
 
 def test_lora_run_saves_an_adapter_that_predicts(tmp_path, tiny_model, fixtures):
-    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path, lora={"r": 4, "alpha": 8},
-                      eval={"baseline": False, "calibrate": True})
+    cfg = tiny_config(
+        tiny_model,
+        fixtures / "sst2_train.tsv",
+        tmp_path,
+        lora={"r": 4, "alpha": 8},
+        eval={"baseline": False, "calibrate": True},
+    )
     run_dir = api.train(cfg, quiet=True)
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
     assert not (run_dir / "model" / "model.safetensors").exists()
@@ -107,7 +119,11 @@ def test_prepare_reports_splits_without_training(tmp_path, fixtures):
     bad = tmp_path / "d.jsonl"
     bad.write_text("".join(f'{{"text": "row {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(40)) + "not json\n")
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "minilm-l6", "data": {"train": str(bad), "on_error": "skip", "dedup": {"near": False}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"model": "minilm-l6", "data": {"train": str(bad), "on_error": "skip", "dedup": {"near": False}}}
+        )
+    )
     result = runner.invoke(app, ["prepare", str(cfg), "--out", str(tmp_path / "prep")])
     assert result.exit_code == 0, result.output
     assert "1 x invalid JSON" in result.output and "prepared splits" in result.output
@@ -129,8 +145,11 @@ def test_a_report_that_fails_to_draw_leaves_the_run_done(tmp_path, tiny_model, f
 
     monkeypatch.setattr(html, "write_report", broken)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path,
-                                              eval={"baseline": False, "calibrate": False})))
+    cfg.write_text(
+        yaml.safe_dump(
+            tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path, eval={"baseline": False, "calibrate": False})
+        )
+    )
     result = runner.invoke(app, ["train", str(cfg), "-q"])
     assert result.exit_code == 0, result.output
     assert "report: not written (RuntimeError: no fonts)" in result.output

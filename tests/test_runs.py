@@ -11,7 +11,11 @@ def test_registry_lifecycle(tmp_path):
     assert reg.list()[0]["status"] == "running"
     reg.finish(d, "done", metrics={"tuned_accuracy": 0.9})
     row = reg.find("exp")
-    assert row["status"] == "done" and row["metrics"] == {"tuned_accuracy": 0.9} and reg.find(str(row["id"]))["path"] == str(d)
+    assert (
+        row["status"] == "done"
+        and row["metrics"] == {"tuned_accuracy": 0.9}
+        and reg.find(str(row["id"]))["path"] == str(d)
+    )
     with pytest.raises(TunesmithError, match="no run 'nope'"):
         reg.find("nope")
 

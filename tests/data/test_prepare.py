@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -7,8 +8,6 @@ from tunesmith.config import DataConfig
 from tunesmith.data.classify import label_order, read_prepared
 from tunesmith.data.prepare import carve, prepare
 from tunesmith.errors import TunesmithError
-
-import numpy as np
 
 
 def run(tmp_path, seed=0, tokenizer=None, **data):
@@ -29,8 +28,11 @@ def test_carve_is_seeded_and_stratified():
 
 def test_splits_and_test_overlap_removed_from_train(tmp_path):
     train, test = tmp_path / "t.csv", tmp_path / "s.csv"
-    train.write_text("text,label\n" + "".join(f"row number {i} of many,{'x' if i % 2 else 'y'}\n" for i in range(100))
-                     + "Row   number 3 of MANY!,x\n")
+    train.write_text(
+        "text,label\n"
+        + "".join(f"row number {i} of many,{'x' if i % 2 else 'y'}\n" for i in range(100))
+        + "Row   number 3 of MANY!,x\n"
+    )
     test.write_text("text,label\nrow number 3 of many,x\nrow number 4 of many,y\n")
     report, rows = run(tmp_path, train=str(train), test=str(test), val_fraction=0.2, dedup={"near": False})
     removed = report["files"]["train"]["steps"][-1]["removed"]
@@ -46,12 +48,16 @@ def test_near_duplicates_within_and_across_splits(tmp_path):
     test, train = tmp_path / "test.jsonl", tmp_path / "train.jsonl"
     test.write_text(json.dumps({"text": base, "label": "good"}) + "\n")
     rng = np.random.default_rng(0)
-    words = ("apple river green loud table seven cloud quiet paper orange winter stone music fast window bread "
-             "silver candle forest engine pocket ladder violet harbor lemon tiger marble rocket velvet canyon").split()
+    words = (
+        "apple river green loud table seven cloud quiet paper orange winter stone music fast window bread "
+        "silver candle forest engine pocket ladder violet harbor lemon tiger marble rocket velvet canyon"
+    ).split()
     other = [" ".join(rng.choice(words, 10, replace=False)) for _ in range(30)]
     lines = [{"text": t, "label": "bad" if i % 2 else "good"} for i, t in enumerate(other)]
-    lines += [{"text": base.replace("quick", "quik"), "label": "good"},  # a near copy of the test row: leakage
-              {"text": other[0] + " today", "label": "good"}]  # a near copy of a train row
+    lines += [
+        {"text": base.replace("quick", "quik"), "label": "good"},  # a near copy of the test row: leakage
+        {"text": other[0] + " today", "label": "good"},
+    ]  # a near copy of a train row
     train.write_text("".join(json.dumps(x) + "\n" for x in lines))
     report, rows = run(tmp_path, train=str(train), test=str(test), val_fraction=0)
     removed = report["files"]["train"]["steps"][-1]["removed"]
@@ -71,10 +77,19 @@ def test_a_chain_of_near_copies_keeps_only_its_first_row(tmp_path, monkeypatch, 
     a = "the service at this branch was quick and the staff explained every single fee very clearly to us"
     b = "the service at this branch was quick and the staff explained every single fee very patiently to me"
     c = "the service at this office was quick and the staff explained every single rule very patiently to me"
-    filler = ["a dry account of rainfall in the northern hills", "nobody expected the second act to be this loud",
-              "three green parrots argued over a mango all afternoon", "the bridge closes at nine on sundays"]
+    filler = [
+        "a dry account of rainfall in the northern hills",
+        "nobody expected the second act to be this loud",
+        "three green parrots argued over a mango all afternoon",
+        "the bridge closes at nine on sundays",
+    ]
     p = tmp_path / "d.jsonl"
-    p.write_text("".join(json.dumps({"text": t, "label": str(i % 2)}) + "\n" for i, t in enumerate([a, *filler[:2], b, *filler[2:], c])))
+    p.write_text(
+        "".join(
+            json.dumps({"text": t, "label": str(i % 2)}) + "\n"
+            for i, t in enumerate([a, *filler[:2], b, *filler[2:], c])
+        )
+    )
     report, rows = run(tmp_path, train=str(p), val_fraction=0, test_fraction=0)
     assert report["files"]["train"]["steps"][-1]["removed"] == {"near duplicate": 2}
     assert [r["text"] for r in rows["train"]] == [a, *filler]
@@ -82,8 +97,14 @@ def test_a_chain_of_near_copies_keeps_only_its_first_row(tmp_path, monkeypatch, 
 
 def test_cleaning_html_unicode_control_and_length(tmp_path):
     p = tmp_path / "d.jsonl"
-    texts = ["<p>Caf\u0065\u0301 <b>bold</b> &amp; more</p>", "zero\u200bwidth\x07 bell", "a   lot\tof    space ",
-             "ok", "<br>", "x" * 50] + [f"filler text {i}" for i in range(10)]
+    texts = [
+        "<p>Caf\u0065\u0301 <b>bold</b> &amp; more</p>",
+        "zero\u200bwidth\x07 bell",
+        "a   lot\tof    space ",
+        "ok",
+        "<br>",
+        "x" * 50,
+    ] + [f"filler text {i}" for i in range(10)]
     p.write_text("".join(json.dumps({"text": t, "label": str(i % 2)}) + "\n" for i, t in enumerate(texts)))
     report, rows = run(tmp_path, train=str(p), val_fraction=0, test_fraction=0, clean={"min_chars": 3, "max_chars": 40})
     kept = [r["text"] for r in rows["train"]]
@@ -99,10 +120,15 @@ def test_label_names_sort_numbers_numerically():
 
 
 def test_missing_column_names_the_columns(fixtures, tmp_path):
-    with pytest.raises(TunesmithError, match=r"column 'text' not found for data shape classify; the columns are: sentence, label"):
+    with pytest.raises(
+        TunesmithError, match=r"column 'text' not found for data shape classify; the columns are: sentence, label"
+    ):
         run(tmp_path, train=str(fixtures / "sst2_train.tsv"), shape="classify", text="text")
     report, _ = run(tmp_path, train=str(fixtures / "sst2_train.tsv"))  # "sentence" is a known name for the text
-    assert report["shape"] == "classify" and report["files"]["train"]["fields"] == {"text": "sentence", "label": "label"}
+    assert report["shape"] == "classify" and report["files"]["train"]["fields"] == {
+        "text": "sentence",
+        "label": "label",
+    }
 
 
 def test_single_class_and_empty_data_fail_before_training(tmp_path):
@@ -142,7 +168,9 @@ def test_unseen_test_labels_are_an_error(tmp_path):
 
 
 def test_sample_is_seeded(fixtures, tmp_path):
-    cfg = dict(train=str(fixtures / "sst2_train.tsv"), sample=200, val_fraction=0, test_fraction=0.1, dedup={"near": False})
+    cfg = dict(
+        train=str(fixtures / "sst2_train.tsv"), sample=200, val_fraction=0, test_fraction=0.1, dedup={"near": False}
+    )
     a, rows_a = run(tmp_path, seed=3, **cfg)
     b, rows_b = run(tmp_path, seed=3, **cfg)
     assert a["rows"]["train"] + a["rows"]["test"] == 200 and rows_a == rows_b
@@ -161,14 +189,27 @@ def test_split_column(tmp_path):
 
 def test_pii_is_replaced_and_never_reaches_the_output(tmp_path):
     p = tmp_path / "d.jsonl"
-    rows = [{"text": f"ticket {w}: mail jane.doe{i}@example.com or call +44 20 7946 0{i:03d} about {w}", "label": str(i % 2)}
-            for i, w in enumerate("alpha bravo charlie delta echo foxtrot golf hotel india juliet".split())]
+    rows = [
+        {
+            "text": f"ticket {w}: mail jane.doe{i}@example.com or call +44 20 7946 0{i:03d} about {w}",
+            "label": str(i % 2),
+        }
+        for i, w in enumerate("alpha bravo charlie delta echo foxtrot golf hotel india juliet".split())
+    ]
     rows.append(dict(rows[0]))  # a duplicate: shown in the report's removed examples, anonymised
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    report, out = run(tmp_path, train=str(p), val_fraction=0, test_fraction=0,
-                      pii={"entities": ["EMAIL", "PHONE"]}, dedup={"near": False})
+    report, out = run(
+        tmp_path,
+        train=str(p),
+        val_fraction=0,
+        test_fraction=0,
+        pii={"entities": ["EMAIL", "PHONE"]},
+        dedup={"near": False},
+    )
     assert report["pii"]["replaced"] == {"EMAIL": 10, "PHONE": 10}
     assert out["train"][0]["text"] == "ticket alpha: mail <EMAIL> or call <PHONE> about alpha"
-    assert report["files"]["train"]["removed_examples"]["exact duplicate"][0]["text"].startswith("ticket alpha: mail <EMAIL>")
+    assert report["files"]["train"]["removed_examples"]["exact duplicate"][0]["text"].startswith(
+        "ticket alpha: mail <EMAIL>"
+    )
     for f in (tmp_path / "out").iterdir():
         assert b"example.com" not in f.read_bytes() and b"7946" not in f.read_bytes()

@@ -13,7 +13,7 @@ def fields(path, **kw):
 
 
 def test_every_format_gives_the_same_rows(tmp_path):
-    rows = [{"text": "good, \"really\" good", "label": "pos"}, {"text": "bad\tbad", "label": "neg"}]
+    rows = [{"text": 'good, "really" good', "label": "pos"}, {"text": "bad\tbad", "label": "neg"}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "a.json").write_text(json.dumps({"data": rows}))
     (tmp_path / "a.csv").write_text('text,label\n"good, ""really"" good",pos\n"bad\tbad",neg\n')
@@ -39,7 +39,13 @@ def test_latin1_is_detected_not_mojibake(fixtures):
 def test_folder_per_label(fixtures):
     recs = list(read_records(fixtures / "news_folder" / "train"))
     labels = {r.fields["label"] for r in recs}
-    assert len(recs) == 30 and labels == {"comp.graphics", "rec.sport.hockey", "sci.med", "sci.space", "talk.politics.mideast"}
+    assert len(recs) == 30 and labels == {
+        "comp.graphics",
+        "rec.sport.hockey",
+        "sci.med",
+        "sci.space",
+        "talk.politics.mideast",
+    }
 
 
 def test_malformed_rows_carry_file_and_line(tmp_path):

@@ -40,19 +40,37 @@ def test_hh_rlhf_transcripts_split_into_prompt_and_two_replies(fixtures, tmp_pat
 
 
 def test_instruction_from_a_template_and_from_alpaca_fields(fixtures, tmp_path):
-    report, rows = run(tmp_path, train=str(fixtures / "dialogsum_20.jsonl"), response="summary",
-                       prompt_template="Summarise this dialogue:\n{dialogue}")
+    report, rows = run(
+        tmp_path,
+        train=str(fixtures / "dialogsum_20.jsonl"),
+        response="summary",
+        prompt_template="Summarise this dialogue:\n{dialogue}",
+    )
     assert report["shape"] == "instruction" and rows[0]["prompt"].startswith("Summarise this dialogue:\n#Person1#:")
-    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Add", "input": "2 and 3", "output": "5"},
-                                                 {"instruction": "Name a colour", "input": "", "output": "Red"}])
+    alpaca = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"instruction": "Add", "input": "2 and 3", "output": "5"},
+            {"instruction": "Name a colour", "input": "", "output": "Red"},
+        ],
+    )
     _, rows = run(tmp_path, train=alpaca)
     assert rows == [{"prompt": "Add\n\n2 and 3", "response": "5"}, {"prompt": "Name a colour", "response": "Red"}]
 
 
 def test_a_test_file_of_reference_answers_keeps_them_all(fixtures, tmp_path):
-    report = prepare(DataConfig(train=str(fixtures / "dialogsum_20.jsonl"), test=str(fixtures / "dialogsum_test_10.jsonl"),
-                                response="summary", references=["summary1", "summary2", "summary3"], val_fraction=0,
-                                prompt_template="Summarise this dialogue:\n{dialogue}"), 0, tmp_path / "out")
+    report = prepare(
+        DataConfig(
+            train=str(fixtures / "dialogsum_20.jsonl"),
+            test=str(fixtures / "dialogsum_test_10.jsonl"),
+            response="summary",
+            references=["summary1", "summary2", "summary3"],
+            val_fraction=0,
+            prompt_template="Summarise this dialogue:\n{dialogue}",
+        ),
+        0,
+        tmp_path / "out",
+    )
     assert report["files"]["test"]["fields"]["response"] == "summary1"
     assert report["files"]["train"]["fields"]["response"] == "summary"
     test = pq.read_table(tmp_path / "out" / "test.parquet").to_pylist()
@@ -62,9 +80,18 @@ def test_a_test_file_of_reference_answers_keeps_them_all(fixtures, tmp_path):
     train = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
     assert all(r["references"] == [r["response"]] for r in train)
     with pytest.raises(TunesmithError, match="column 'summary' not found for data shape instruction"):
-        prepare(DataConfig(train=str(fixtures / "dialogsum_20.jsonl"), test=str(fixtures / "dialogsum_test_10.jsonl"),
-                           response="summary", shape="instruction", val_fraction=0, prompt_template="{dialogue}"), 0,
-                tmp_path / "bad")
+        prepare(
+            DataConfig(
+                train=str(fixtures / "dialogsum_20.jsonl"),
+                test=str(fixtures / "dialogsum_test_10.jsonl"),
+                response="summary",
+                shape="instruction",
+                val_fraction=0,
+                prompt_template="{dialogue}",
+            ),
+            0,
+            tmp_path / "bad",
+        )
 
 
 def test_raw_text_is_chunked_by_tokens_with_overlap(tmp_path, tiny_model):
@@ -75,9 +102,18 @@ def test_raw_text_is_chunked_by_tokens_with_overlap(tmp_path, tiny_model):
     (docs / "sub").mkdir(parents=True)
     words = "the film was good and the plot was bad but the actors were great".split()
     for i in range(4):
-        (docs / ("sub" if i % 2 else ".") / f"d{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(100)))
-    report, rows = run(tmp_path, tokenizer=lambda: tok, train=str(docs), shape="text", chunk_tokens=40, chunk_overlap=10,
-                       dedup={"exact": False, "near": False})
+        (docs / ("sub" if i % 2 else ".") / f"d{i}.txt").write_text(
+            " ".join(words[(i + j) % len(words)] for j in range(100))
+        )
+    report, rows = run(
+        tmp_path,
+        tokenizer=lambda: tok,
+        train=str(docs),
+        shape="text",
+        chunk_tokens=40,
+        chunk_overlap=10,
+        dedup={"exact": False, "near": False},
+    )
     assert report["chunking"]["documents"] == 4 and {r["doc"] for r in rows} == {0, 1, 2, 3}
     doc = (docs / "d0.txt").read_text()
     n = len(tok(doc, add_special_tokens=False)["input_ids"])
@@ -92,21 +128,38 @@ def test_text_chunks_split_by_document(tmp_path, tiny_model):
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rows = [{"text": f"document {i} " + "word " * 60 + f"end {i}"} for i in range(10)]
-    report = prepare(DataConfig(train=write_jsonl(tmp_path / "d.jsonl", rows), shape="text", chunk_tokens=20,
-                                chunk_overlap=0, val_fraction=0.2, test_fraction=0.2, dedup={"near": False}),
-                     0, tmp_path / "out", tokenizer=lambda: tok)
+    report = prepare(
+        DataConfig(
+            train=write_jsonl(tmp_path / "d.jsonl", rows),
+            shape="text",
+            chunk_tokens=20,
+            chunk_overlap=0,
+            val_fraction=0.2,
+            test_fraction=0.2,
+            dedup={"near": False},
+        ),
+        0,
+        tmp_path / "out",
+        tokenizer=lambda: tok,
+    )
     docs = {s: set(pq.read_table(tmp_path / "out" / f"{s}.parquet").column("doc").to_pylist()) for s in report["rows"]}
     assert len(docs["test"]) == 2 and len(docs["val"]) == 2 and len(docs["train"]) == 6
     assert not (docs["train"] & docs["test"]) and not (docs["train"] & docs["val"])
 
 
-@pytest.mark.parametrize("messages, problem", [
-    ([{"role": "user", "content": "hi"}], "no assistant turn"),
-    ([{"role": "assistant", "content": "hi"}], "roles out of order at message 0: expected user, got assistant"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}], r"message 1 \(assistant\) is empty"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "roles out of order at message 1"),
-    ([{"role": "robot", "content": "a"}], "role 'robot'; allowed"),
-])
+@pytest.mark.parametrize(
+    "messages, problem",
+    [
+        ([{"role": "user", "content": "hi"}], "no assistant turn"),
+        ([{"role": "assistant", "content": "hi"}], "roles out of order at message 0: expected user, got assistant"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}],
+            r"message 1 \(assistant\) is empty",
+        ),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "roles out of order at message 1"),
+        ([{"role": "robot", "content": "a"}], "role 'robot'; allowed"),
+    ],
+)
 def test_bad_conversations(messages, problem):
     with pytest.raises(RowProblem, match=problem):
         conversation(messages, "messages")
@@ -121,18 +174,26 @@ def test_preference_without_a_shared_prompt():
 
 def test_bad_rows_are_errors_with_line_or_skipped_and_counted(tmp_path):
     chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    rows = [chat] * 1 + [{"messages": [{"role": "user", "content": "unanswered"}]},
-                         {"prompt": "p", "chosen": "a", "rejected": "b"},  # another shape in the same file
-                         {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]}]
+    rows = [chat] * 1 + [
+        {"messages": [{"role": "user", "content": "unanswered"}]},
+        {"prompt": "p", "chosen": "a", "rejected": "b"},  # another shape in the same file
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]},
+    ]
     path = write_jsonl(tmp_path / "c.jsonl", rows)
     with pytest.raises(TunesmithError, match=r"c\.jsonl:2: no assistant turn to learn from"):
         run(tmp_path, train=path)
     report, kept = run(tmp_path, train=path, on_error="skip")
     assert len(kept) == 1
     assert report["files"]["train"]["steps"][1]["removed"] == {
-        "no assistant turn to learn from": 1, "missing field 'messages'": 1, "message N (assistant) is empty": 1}
+        "no assistant turn to learn from": 1,
+        "missing field 'messages'": 1,
+        "message N (assistant) is empty": 1,
+    }
     mixed = write_jsonl(tmp_path / "m.jsonl", [rows[0], rows[2]])
-    with pytest.raises(TunesmithError, match=r"m\.jsonl:2: missing field 'messages' \(this file's rows are chat; this row looks like preference\)"):
+    with pytest.raises(
+        TunesmithError,
+        match=r"m\.jsonl:2: missing field 'messages' \(this file's rows are chat; this row looks like preference\)",
+    ):
         run(tmp_path, train=mixed)
 
 

@@ -20,9 +20,16 @@ pytestmark = pytest.mark.integration
 
 def sst2_config(fixtures, tmp_path, **train) -> dict:
     return {
-        "name": "sst2-slice", "model": "minilm-l6", "output_dir": str(tmp_path / "runs"),
-        "data": {"train": str(fixtures / "sst2_train.tsv"), "test": str(fixtures / "sst2_dev.tsv"),
-                 "text": "sentence", "label": "label", "val_fraction": 0.1},
+        "name": "sst2-slice",
+        "model": "minilm-l6",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {
+            "train": str(fixtures / "sst2_train.tsv"),
+            "test": str(fixtures / "sst2_dev.tsv"),
+            "text": "sentence",
+            "label": "label",
+            "val_fraction": 0.1,
+        },
         "train": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3, "max_length": 64, "log_every": 5} | train,
         "eval": {"baseline": True, "calibrate": True},
     }

@@ -26,10 +26,14 @@ def test_gguf_alias_converts_once_and_generates(tmp_path, monkeypatch):
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert model.dtype == torch.float32 and "quantization_config" not in model.config.to_dict()
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=40, do_sample=False)
-    reply = tok.decode(out[0, ids["input_ids"].shape[1]:])
+    reply = tok.decode(out[0, ids["input_ids"].shape[1] :])
     assert "Paris" in reply and reply.rstrip().endswith("<|im_end|>"), reply
 
 

@@ -13,7 +13,9 @@ def test_grouped_batches_pad_little_and_cover_every_row_once():
     padded = sum(len(b) * lengths[b].max() for b in batches)
     random_padded = sum(len(b) * lengths[b].max() for b in order_batches(lengths, 32, seed=5, group_by_length=False))
     assert padded < 0.6 * random_padded
-    assert [b.tolist() for b in batches] == [b.tolist() for b in order_batches(lengths, 32, seed=5, group_by_length=True)]
+    assert [b.tolist() for b in batches] == [
+        b.tolist() for b in order_batches(lengths, 32, seed=5, group_by_length=True)
+    ]
 
 
 def test_lora_trains_only_the_adapter_and_the_head(tiny_model):

@@ -2,14 +2,16 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tunesmith import api
 from tunesmith.errors import TunesmithError
 from tunesmith.methods.sft import IGNORE, Tokens, render, token_loss
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +25,32 @@ def tiny_lm(tmp_path_factory, fixtures):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|im_start|>", "<|im_end|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                   bos_token="<|im_start|>")
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token="<|im_start|>"
+    )
     fast.chat_template = CHATML
     fast.save_pretrained(out)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=256, eos_token_id=fast.eos_token_id,
-                      pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     return out
 
@@ -74,7 +92,9 @@ def test_truncation_is_counted_never_silent(tokenizer):
     assert tok.truncated == 1 and tok.replies_cut == 1 and len(tok) == 2
     tiny = Tokens(tokenizer, rows, max_length=4, shape="chat")  # the replies lie beyond max_length
     assert tiny.dropped == 2 and len(tiny) == 0
-    with pytest.raises(TunesmithError, match=r"test example 1 \(data/test.parquet\): its prompt fills train.max_length=4"):
+    with pytest.raises(
+        TunesmithError, match=r"test example 1 \(data/test.parquet\): its prompt fills train.max_length=4"
+    ):
         Tokens(tokenizer, rows, max_length=4, shape="chat", split="test", on_error="fail")
 
 
@@ -91,10 +111,27 @@ def test_summed_loss_equals_transformers_mean_loss_times_targets(tiny_lm, tokeni
 
 
 def sft_config(tiny_lm, tmp_path, data_file, **extra):
-    cfg = {"name": "sft", "model": str(tiny_lm), "method": "sft", "output_dir": str(tmp_path / "runs"),
-           "data": {"train": str(data_file), "val_fraction": 0.1, "test_fraction": 0.2, "dedup": {"near": False, "exact": False},
-                    "on_error": "skip"},  # a 128-token context leaves some oasst prompts no reply token
-           "train": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "max_length": 128, "log_every": 5, "checkpoint_every": 1000}}
+    cfg = {
+        "name": "sft",
+        "model": str(tiny_lm),
+        "method": "sft",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {
+            "train": str(data_file),
+            "val_fraction": 0.1,
+            "test_fraction": 0.2,
+            "dedup": {"near": False, "exact": False},
+            "on_error": "skip",
+        },  # a 128-token context leaves some oasst prompts no reply token
+        "train": {
+            "epochs": 3,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "max_length": 128,
+            "log_every": 5,
+            "checkpoint_every": 1000,
+        },
+    }
     for key, value in extra.items():
         cfg[key] = cfg.get(key, {}) | value if isinstance(value, dict) else value
     return cfg
@@ -117,8 +154,15 @@ def test_sft_run_beats_the_base_model_and_saves_a_plain_transformers_model(tiny_
 
 def test_the_tuned_model_learns_to_stop(tiny_lm, tmp_path):
     """Every reply is "Yes." then end-of-turn: greedy generation must end there, far before max_new_tokens."""
-    rows = [{"messages": [{"role": "user", "content": f"question number {i} about the film"},
-                          {"role": "assistant", "content": "Yes."}]} for i in range(40)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question number {i} about the film"},
+                {"role": "assistant", "content": "Yes."},
+            ]
+        }
+        for i in range(40)
+    ]
     data = tmp_path / "yes.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = sft_config(tiny_lm, tmp_path, data, train={"epochs": 8, "lr": 1e-2, "warmup": 0})
@@ -128,8 +172,13 @@ def test_the_tuned_model_learns_to_stop(tiny_lm, tmp_path):
 
 
 def test_lora_is_merged_into_a_plain_model(tiny_lm, tmp_path, fixtures):
-    cfg = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", train={"epochs": 1},
-                     lora={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]})
+    cfg = sft_config(
+        tiny_lm,
+        tmp_path,
+        fixtures / "oasst_20.jsonl",
+        train={"epochs": 1},
+        lora={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
+    )
     run = api.train(cfg, quiet=True)
     assert not (run / "model" / "adapter_config.json").exists() and (run / "model" / "model.safetensors").exists()
     assert json.loads((run / "model" / "tunesmith.json").read_text())["lora_merged"] is True
@@ -138,9 +187,15 @@ def test_lora_is_merged_into_a_plain_model(tiny_lm, tmp_path, fixtures):
 def test_pretrain_on_text_chunks(tiny_lm, tmp_path, fixtures):
     docs = tmp_path / "docs.jsonl"
     texts = [ln.split("\t")[0] for ln in (fixtures / "sst2_train.tsv").read_text().splitlines()[1:201]]
-    docs.write_text("".join(json.dumps({"text": " ".join(texts[i:i + 20])}) + "\n" for i in range(0, 200, 20)))
-    cfg = sft_config(tiny_lm, tmp_path, docs, method="pretrain", data={"shape": "text", "chunk_tokens": 64, "chunk_overlap": 8},
-                     train={"packing": True})
+    docs.write_text("".join(json.dumps({"text": " ".join(texts[i : i + 20])}) + "\n" for i in range(0, 200, 20)))
+    cfg = sft_config(
+        tiny_lm,
+        tmp_path,
+        docs,
+        method="pretrain",
+        data={"shape": "text", "chunk_tokens": 64, "chunk_overlap": 8},
+        train={"packing": True},
+    )
     run = api.train(cfg, quiet=True)
     ev = json.loads((run / "eval.json").read_text())
     assert ev["tuned"]["loss"] < ev["baseline"]["loss"]
@@ -149,15 +204,22 @@ def test_pretrain_on_text_chunks(tiny_lm, tmp_path, fixtures):
 def test_wrong_shape_for_the_method_is_a_clear_error(tiny_lm, tmp_path, fixtures):
     from tunesmith.errors import TunesmithError
 
-    with pytest.raises(TunesmithError, match="method sft trains on chat or instruction data, but .* holds classify data"):
+    with pytest.raises(
+        TunesmithError, match="method sft trains on chat or instruction data, but .* holds classify data"
+    ):
         api.train(sft_config(tiny_lm, tmp_path, fixtures / "sst2_train.tsv"), quiet=True)
 
 
 def test_generation_scores_and_forgetting_are_reported_for_base_and_tuned(tiny_lm, tmp_path, fixtures):
     general = tmp_path / "general.txt"
     general.write_text(" ".join(ln.split("\t")[0] for ln in (fixtures / "sst2_dev.tsv").read_text().splitlines()[1:]))
-    cfg = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", train={"epochs": 1},
-                     eval={"generate": 3, "max_new_tokens": 8, "general_text": str(general), "general_tokens": 500})
+    cfg = sft_config(
+        tiny_lm,
+        tmp_path,
+        fixtures / "oasst_20.jsonl",
+        train={"epochs": 1},
+        eval={"generate": 3, "max_new_tokens": 8, "general_text": str(general), "general_tokens": 500},
+    )
     run = api.train(cfg, quiet=True)
     ev = json.loads((run / "eval.json").read_text())
     for who in ("baseline", "tuned"):
@@ -182,18 +244,23 @@ def test_packed_loss_equals_the_loss_of_the_same_examples_unpacked(tiny_lm, toke
         together = sum(token_loss(model, packed.collate([r])) for r in range(len(packed)))
         apart = sum(token_loss(model, tok.collate([i])) for i in range(len(tok)))
     assert torch.allclose(together, apart, rtol=1e-5)
-    assert sum(packed.collate([r])["n"] for r in range(len(packed))) == sum(tok.collate([i])["n"] for i in range(len(tok)))
+    assert sum(packed.collate([r])["n"] for r in range(len(packed))) == sum(
+        tok.collate([i])["n"] for i in range(len(tok))
+    )
 
 
 def test_merged_saved_model_generates_what_the_adapter_generated(tiny_lm, tokenizer, tmp_path):
-    from peft import LoraConfig as PeftLora, get_peft_model
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from tunesmith.methods.classify import save_model
     from tunesmith.methods.sft import Sampling, generate, replies
 
     torch.manual_seed(1)
-    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_lm), PeftLora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    peft = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_lm), PeftLora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     for name, p in peft.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # a trained-looking adapter
@@ -202,7 +269,9 @@ def test_merged_saved_model_generates_what_the_adapter_generated(tiny_lm, tokeni
     save_model(peft.merge_and_unload(), tokenizer, {"method": "sft"}, tmp_path / "model")
     assert generate(tmp_path / "model", prompts, Sampling(12)) == with_adapter
     stop = with_adapter[0][4:7]  # a reply ends before its first stop string, which is not part of it
-    assert generate(tmp_path / "model", prompts[:1], Sampling(12, stop=(stop,))) == [with_adapter[0].split(stop)[0].strip()]
+    assert generate(tmp_path / "model", prompts[:1], Sampling(12, stop=(stop,))) == [
+        with_adapter[0].split(stop)[0].strip()
+    ]
     assert generate(tmp_path / "model", prompts, Sampling(12, repetition_penalty=50.0)) != with_adapter
 
 
@@ -211,7 +280,10 @@ def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
 
     from tunesmith.cli import app
 
-    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "Yes."}]} for i in range(40)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "Yes."}]}
+        for i in range(40)
+    ]
     data = tmp_path / "yes.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = api.train(sft_config(tiny_lm, tmp_path, data, train={"epochs": 8, "lr": 1e-2, "warmup": 0}), quiet=True)
@@ -223,10 +295,14 @@ def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
     assert result.exit_code == 0 and "model> Yes." in result.output
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("question 5\n\nquestion 6\n")
-    result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--prompts", str(prompts), "--max-new-tokens", "20"])
+    result = CliRunner().invoke(
+        app, ["generate", str(run), "question 4", "--prompts", str(prompts), "--max-new-tokens", "20"]
+    )
     assert result.exit_code == 0, result.output
     assert [json.loads(ln)["reply"] for ln in result.output.splitlines()] == ["Yes.", "Yes.", "Yes."]
-    result = CliRunner().invoke(app, ["generate", str(run), "question 4", "--stop", "s.", "--repetition-penalty", "1.1"])
+    result = CliRunner().invoke(
+        app, ["generate", str(run), "question 4", "--stop", "s.", "--repetition-penalty", "1.1"]
+    )
     assert result.exit_code == 0 and json.loads(result.output)["reply"] == "Ye"
     session = api.chat(run, temperature=0, stop=["es"])
     assert "".join(session.send("question 7")) == "Y" and session.messages[-1] == {"role": "assistant", "content": "Y"}

@@ -18,19 +18,31 @@ def toy_task(seed: int = 0, batch: int = 8, n: int = 64, dropout: float = 0.0) -
     x = torch.randn(n, 6, generator=g)
     y = (x[:, 0] + x[:, 1] > 0).long()
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(dropout), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Dropout(dropout), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+    )
 
     def batches(epoch):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        return [{"x": x[order[i:i + batch]], "y": y[order[i:i + batch]], "n": len(order[i:i + batch]),
-                 "examples": len(order[i:i + batch])} for i in range(0, n, batch)]
+        return [
+            {
+                "x": x[order[i : i + batch]],
+                "y": y[order[i : i + batch]],
+                "n": len(order[i : i + batch]),
+                "examples": len(order[i : i + batch]),
+            }
+            for i in range(0, n, batch)
+        ]
 
     def loss(m, b):
         return torch.nn.functional.cross_entropy(m(b["x"]), b["y"], reduction="sum")
 
     def evaluate(m):
         pred = m(x).argmax(-1)
-        return {"loss": torch.nn.functional.cross_entropy(m(x), y).item(), "accuracy": (pred == y).float().mean().item()}
+        return {
+            "loss": torch.nn.functional.cross_entropy(m(x), y).item(),
+            "accuracy": (pred == y).float().mean().item(),
+        }
 
     return Task(model=model, batches=batches, loss=loss, evaluate=evaluate)
 
@@ -62,7 +74,9 @@ def test_accumulation_normalises_over_the_whole_group(tmp_path):
 
     def paired(epoch):  # the same 16-example groups as task a, split in halves
         big = a.batches(epoch)
-        return [{"x": t["x"][h], "y": t["y"][h], "n": 8, "examples": 8} for t in big for h in (slice(0, 8), slice(8, 16))]
+        return [
+            {"x": t["x"][h], "y": t["y"][h], "n": 8, "examples": 8} for t in big for h in (slice(0, 8), slice(8, 16))
+        ]
 
     b.batches = paired
     fit(b, cfg(epochs=1, batch_size=8, grad_accum=2, max_grad_norm=None), tmp_path / "b", quiet=True)
@@ -71,7 +85,12 @@ def test_accumulation_normalises_over_the_whole_group(tmp_path):
 
 def test_early_stopping_restores_the_best_weights(tmp_path):
     task = toy_task()
-    result = fit(task, cfg(epochs=30, lr=0.5, eval_every=1, early_stopping=EarlyStopping(metric="loss", patience=3)), tmp_path, quiet=True)
+    result = fit(
+        task,
+        cfg(epochs=30, lr=0.5, eval_every=1, early_stopping=EarlyStopping(metric="loss", patience=3)),
+        tmp_path,
+        quiet=True,
+    )
     assert result.stopped_early and result.steps < 240
     best_step = result.best["step"]
     assert result.steps == best_step + 3
@@ -123,8 +142,11 @@ def test_big_blocks_get_their_own_mapping():
 import ctypes, sys, torch
 from tunesmith.train.loop import M_MMAP_THRESHOLD, map_big_blocks
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
+        + ("fordblks", "keepcost")
+    ]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
@@ -134,6 +156,8 @@ before = libc.mallinfo2().hblkhd
 block = torch.ones(6 << 18)
 print((libc.mallinfo2().hblkhd - before) >> 20)
 """
-    mapped_mb = {arm: int(subprocess.run([sys.executable, "-c", script, arm], capture_output=True, text=True,
-                                        check=True).stdout) for arm in ("heap", "mapped")}
+    mapped_mb = {
+        arm: int(subprocess.run([sys.executable, "-c", script, arm], capture_output=True, text=True, check=True).stdout)
+        for arm in ("heap", "mapped")
+    }
     assert mapped_mb == {"heap": 0, "mapped": 6}, mapped_mb

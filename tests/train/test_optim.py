@@ -6,7 +6,12 @@ from tunesmith.train.optim import build_optimizer, lr_at, warmup_steps
 
 def test_warmup_then_linear_decay_to_zero():
     lrs = [lr_at(s, warmup=2, total=10, peak=1.0, schedule="linear") for s in range(10)]
-    assert lrs[:2] == [0.5, 1.0] and lrs[2] == 1.0 and lrs[-1] == pytest.approx(1 / 8 * 1) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+    assert (
+        lrs[:2] == [0.5, 1.0]
+        and lrs[2] == 1.0
+        and lrs[-1] == pytest.approx(1 / 8 * 1)
+        and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+    )
 
 
 def test_cosine_and_constant():

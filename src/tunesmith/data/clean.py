@@ -10,8 +10,11 @@ from collections import Counter
 from tunesmith.config import CleanConfig
 
 # Only real HTML tag names count: "<3", "a < b" and placeholders like <PERSON> are text, not markup.
-TAG = re.compile(r"</?(a|abbr|b|blockquote|body|br|center|code|div|em|font|h[1-6]|head|hr|html|i|img|li|meta|ol|p|pre|"
-                 r"s|script|small|span|strong|style|sub|sup|table|tbody|td|th|thead|title|tr|u|ul)(\s[^<>]*)?/?>", re.I)
+TAG = re.compile(
+    r"</?(a|abbr|b|blockquote|body|br|center|code|div|em|font|h[1-6]|head|hr|html|i|img|li|meta|ol|p|pre|"
+    r"s|script|small|span|strong|style|sub|sup|table|tbody|td|th|thead|title|tr|u|ul)(\s[^<>]*)?/?>",
+    re.I,
+)
 ENTITY = re.compile(r"&(#\d{1,7}|#x[0-9a-f]{1,6}|[a-z]{2,8});", re.I)
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200d\u2060\ufeff]")
 SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")

@@ -32,7 +32,7 @@ def dedup_key(text: str) -> bytes:
 
 def shingles(key: bytes, n: int) -> list[bytes]:
     """Overlapping n-grams of the key's bytes (about twice as fast to cut as str)."""
-    return [key[i:i + n] for i in range(len(key) - n + 1)] or [key]
+    return [key[i : i + n] for i in range(len(key) - n + 1)] or [key]
 
 
 def minhashes(keys: list[bytes], cfg: DedupConfig) -> list:
@@ -47,7 +47,9 @@ class Deduper:
         self.cfg = cfg
         self.seen: dict[int, str] = {}  # hash of a key -> the split it was first seen in
         self.kept: dict[str, object] = {}  # split -> a rensa index of its kept rows
-        self.removed: dict[str, list] = {}  # split -> rensa indexes (LEVELS at most) of its rows removed as near duplicates
+        self.removed: dict[
+            str, list
+        ] = {}  # split -> rensa indexes (LEVELS at most) of its rows removed as near duplicates
         self.rows = 0
 
     def check(self, split: str, hashes: list[int], sketches: list | None) -> list[str | None]:
@@ -128,8 +130,11 @@ def _after_removed(todo: list[int], pairs: dict, removed: list) -> list[int]:
     near = set()
     for index in removed:
         near.update(i for i, hit in zip(todo, index.is_duplicate_pairs([pairs[i] for i in todo])) if hit)
-    return [i for i in sorted(near)
-            if any(_number(k) < _number(pairs[i][0]) for index in removed for k in index.get_duplicates(pairs[i][1]))]
+    return [
+        i
+        for i in sorted(near)
+        if any(_number(k) < _number(pairs[i][0]) for index in removed for k in index.get_duplicates(pairs[i][1]))
+    ]
 
 
 def _number(key: str) -> int:

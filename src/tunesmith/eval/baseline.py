@@ -30,7 +30,7 @@ def embed(encoder: torch.nn.Module, data, mode: str, batch_size: int = 64) -> np
     order = np.argsort(-data.lengths, kind="stable")
     out = None
     for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
+        idx = order[i : i + batch_size]
         b = data.collate(idx)
         hidden = encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state  # (B, T, H)
         if mode == "cls":

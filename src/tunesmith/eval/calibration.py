@@ -25,7 +25,15 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
         if m.any():
             acc, avg = float(correct[m].mean()), float(conf[m].mean())
             ece += m.mean() * abs(acc - avg)
-            rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(m.sum()), "accuracy": acc, "confidence": avg})
+            rows.append(
+                {
+                    "lo": float(edges[b]),
+                    "hi": float(edges[b + 1]),
+                    "count": int(m.sum()),
+                    "accuracy": acc,
+                    "confidence": avg,
+                }
+            )
     return {"ece": float(ece), "bins": rows}
 
 

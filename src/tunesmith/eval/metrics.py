@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 # Every score eval.json may hold, in the order they are shown, and whether lower is better.
-SCORES = (("accuracy", False), ("macro_f1", False), ("ece", True), ("ece_calibrated", True), ("loss", True),
-          ("perplexity", True), ("rouge1", False), ("rouge2", False), ("rougeL", False), ("bleu", False),
-          ("exact_match", False), ("general_perplexity", True))
+SCORES = (
+    ("accuracy", False),
+    ("macro_f1", False),
+    ("ece", True),
+    ("ece_calibrated", True),
+    ("loss", True),
+    ("perplexity", True),
+    ("rouge1", False),
+    ("rouge2", False),
+    ("rougeL", False),
+    ("bleu", False),
+    ("exact_match", False),
+    ("general_perplexity", True),
+)
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
@@ -18,7 +29,9 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
-        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, name in enumerate(labels)},
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, name in enumerate(labels)
+        },
         "confusion": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
     }

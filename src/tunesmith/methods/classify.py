@@ -33,12 +33,18 @@ def set_dropout(config, p: float) -> None:
             setattr(config, key, p)
 
 
-def build_model(model_dir, labels: list[str], *, dropout: float | None = None, lora: LoraConfig | None = None) -> torch.nn.Module:
+def build_model(
+    model_dir, labels: list[str], *, dropout: float | None = None, lora: LoraConfig | None = None
+) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     zoo.quiet_transformers()
-    config = AutoConfig.from_pretrained(model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                        label2id={name: i for i, name in enumerate(labels)})
+    config = AutoConfig.from_pretrained(
+        model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
     if dropout is not None:
         set_dropout(config, dropout)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
@@ -54,11 +60,17 @@ def freeze_embeddings(model: torch.nn.Module, cfg: RunConfig) -> None:
 
 
 def add_lora(model: torch.nn.Module, lora: LoraConfig) -> torch.nn.Module:
-    from peft import LoraConfig as PeftLora, TaskType, get_peft_model
+    from peft import LoraConfig as PeftLora
+    from peft import TaskType, get_peft_model
 
     zoo.quiet_transformers()
-    peft_cfg = PeftLora(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.targets)
+    peft_cfg = PeftLora(
+        task_type=TaskType.SEQ_CLS,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.targets,
+    )
     return get_peft_model(model, peft_cfg)
 
 
@@ -72,7 +84,7 @@ class Encoded:
         index = {name: i for i, name in enumerate(labels)}
         flat, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
         for at in range(0, len(split), self.CHUNK):
-            ids = tokenizer(split.texts[at:at + self.CHUNK], truncation=True, max_length=max_length)["input_ids"]
+            ids = tokenizer(split.texts[at : at + self.CHUNK], truncation=True, max_length=max_length)["input_ids"]
             lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
             flat.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths[-1].sum())))
         self.flat = np.concatenate(flat)
@@ -85,7 +97,7 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def subset(self, idx: np.ndarray) -> "Encoded":
+    def subset(self, idx: np.ndarray) -> Encoded:
         out = object.__new__(Encoded)
         out.flat, out.starts, out.lengths, out.labels = self.flat, self.starts[idx], self.lengths[idx], self.labels[idx]
         out.pad_id, out.truncated = self.pad_id, 0
@@ -97,10 +109,15 @@ class Encoded:
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
             start, n = self.starts[i], self.lengths[i]
-            input_ids[row, :n] = torch.from_numpy(self.flat[start:start + n])
+            input_ids[row, :n] = torch.from_numpy(self.flat[start : start + n])
             mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": torch.from_numpy(self.labels[idx]),
-                "n": len(idx), "examples": len(idx)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": torch.from_numpy(self.labels[idx]),
+            "n": len(idx),
+            "examples": len(idx),
+        }
 
 
 def order_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool) -> list[np.ndarray]:
@@ -112,7 +129,7 @@ def order_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_leng
     if group_by_length:
         parts = np.array_split(order, max(1, -(-len(order) // (batch_size * 50))))
         order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in parts])
-    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
         longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
@@ -134,8 +151,14 @@ def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: 
         logits = predict_logits(m, val, batch_size=max(t.batch_size, 64))
         return logit_metrics(logits, val.labels)
 
-    return Task(model=model, batches=batches, loss=loss, collate=train.collate,
-                evaluate=evaluate if val is not None and len(val) else None, head_names=HEAD_NAMES)
+    return Task(
+        model=model,
+        batches=batches,
+        loss=loss,
+        collate=train.collate,
+        evaluate=evaluate if val is not None and len(val) else None,
+        head_names=HEAD_NAMES,
+    )
 
 
 @torch.no_grad()
@@ -147,7 +170,7 @@ def predict_logits(model: torch.nn.Module, data: Encoded, batch_size: int = 64) 
     order = np.argsort(-data.lengths, kind="stable")
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
+        idx = order[i : i + batch_size]
         b = data.collate(idx)
         logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
         out[idx] = logits.float().cpu().numpy()
@@ -160,11 +183,15 @@ def logit_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
     pred = logits.argmax(-1)
     loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-    return {"loss": loss, "accuracy": float((pred == labels).mean()),
-            "macro_f1": float(f1_score(labels, pred, average="macro", zero_division=0))}
+    return {
+        "loss": loss,
+        "accuracy": float((pred == labels).mean()),
+        "macro_f1": float(f1_score(labels, pred, average="macro", zero_division=0)),
+    }
 
 
 # ---- the recipe: read top to bottom ---------------------------------------------------------------------
+
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict:
     """Prepared data in run_dir/data -> fine-tune -> calibrate -> save model/ -> eval.json (tuned vs baseline)."""
@@ -183,25 +210,48 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     temperature = 1.0
     if cfg.eval.calibrate and "val" in enc and len(enc["val"]):
         temperature = fit_temperature(predict_logits(model, enc["val"]), enc["val"].labels)
-    meta = {"method": "classify", "base_model": cfg.model, "base_path": str(model_dir), "labels": prep.labels,
-            "temperature": temperature, "max_length": cfg.train.max_length, "lora": cfg.lora is not None}
+    meta = {
+        "method": "classify",
+        "base_model": cfg.model,
+        "base_path": str(model_dir),
+        "labels": prep.labels,
+        "temperature": temperature,
+        "max_length": cfg.train.max_length,
+        "lora": cfg.lora is not None,
+    }
     save_model(model, tokenizer, meta, run_dir / "model")
 
-    report = {"labels": prep.labels, "temperature": temperature,
-              "train": {"steps": result.steps, "epochs": round(result.epochs_done, 3), "examples": result.examples,
-                        "seconds": round(result.train_seconds, 2), "examples_per_s": round(result.examples_per_s, 2),
-                        "precision": result.precision, "precision_reason": result.precision_reason,
-                        "device": result.device, "stopped_early": result.stopped_early, "best_val": result.best,
-                        "truncated_train_examples": enc["train"].truncated}}
+    report = {
+        "labels": prep.labels,
+        "temperature": temperature,
+        "train": {
+            "steps": result.steps,
+            "epochs": round(result.epochs_done, 3),
+            "examples": result.examples,
+            "seconds": round(result.train_seconds, 2),
+            "examples_per_s": round(result.examples_per_s, 2),
+            "precision": result.precision,
+            "precision_reason": result.precision_reason,
+            "device": result.device,
+            "stopped_early": result.stopped_early,
+            "best_val": result.best,
+            "truncated_train_examples": enc["train"].truncated,
+        },
+    }
     if "test" in enc and len(enc["test"]):
         report |= score_test(model, model_dir, enc, prep.labels, temperature, cfg)
     return report
 
 
-def score_test(model, model_dir: Path, enc: dict[str, Encoded], labels: list[str], temperature: float, cfg: RunConfig) -> dict:
+def score_test(
+    model, model_dir: Path, enc: dict[str, Encoded], labels: list[str], temperature: float, cfg: RunConfig
+) -> dict:
     """Tuned and baseline models on the same test rows, with calibration before and after temperature scaling."""
     test = enc["test"]
-    out = {"test_rows": len(test), "tuned": score_logits(predict_logits(model, test), test.labels, labels, temperature, cfg.eval.bins)}
+    out = {
+        "test_rows": len(test),
+        "tuned": score_logits(predict_logits(model, test), test.labels, labels, temperature, cfg.eval.bins),
+    }
     if cfg.eval.baseline:
         logits, info = frozen_baseline_logits(model_dir, enc["train"], test, len(labels), cfg.train.seed)
         out["baseline"] = score_logits(logits, test.labels, labels, 1.0, cfg.eval.bins) | {"info": info}
@@ -212,7 +262,11 @@ def score_logits(logits: np.ndarray, y: np.ndarray, labels: list[str], temperatu
     raw = reliability(softmax(logits), y, bins)
     scaled = reliability(softmax(logits, temperature), y, bins)
     return classification_report(y, logits.argmax(-1), labels) | {
-        "ece": raw["ece"], "ece_calibrated": scaled["ece"], "reliability": raw["bins"], "reliability_calibrated": scaled["bins"]}
+        "ece": raw["ece"],
+        "ece_calibrated": scaled["ece"],
+        "reliability": raw["bins"],
+        "reliability_calibrated": scaled["bins"],
+    }
 
 
 def save_model(model, tokenizer, meta: dict, out: Path) -> None:
@@ -233,8 +287,10 @@ def load_model(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
     zoo.quiet_transformers()
     meta = json.loads((model_dir / "tunesmith.json").read_text())
     if meta.get("method", "classify") != "classify":
-        raise TunesmithError(f"{model_dir.parent}: a {meta['method']} run is a text generator, not a classifier; "
-                             f"use tunesmith generate or tunesmith chat (its test loss and perplexity are in eval.json)")
+        raise TunesmithError(
+            f"{model_dir.parent}: a {meta['method']} run is a text generator, not a classifier; "
+            f"use tunesmith generate or tunesmith chat (its test loss and perplexity are in eval.json)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if meta["lora"]:
         from peft import PeftModel

@@ -34,10 +34,19 @@ def build_model(model_dir, *, dropout: float | None = None, lora: LoraConfig | N
         set_dropout(config, dropout)
     model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
     if lora:
-        from peft import LoraConfig as PeftLora, TaskType, get_peft_model
+        from peft import LoraConfig as PeftLora
+        from peft import TaskType, get_peft_model
 
-        model = get_peft_model(model, PeftLora(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
-                                               lora_dropout=lora.dropout, target_modules=lora.targets))
+        model = get_peft_model(
+            model,
+            PeftLora(
+                task_type=TaskType.CAUSAL_LM,
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.targets,
+            ),
+        )
     return model
 
 
@@ -48,7 +57,8 @@ def as_messages(row: dict) -> list[dict]:
 
 
 def prompt_text(tokenizer, messages: list[dict]) -> str:
-    """The conversation so far, ending where the model's reply starts (render()'s fallback for template-less tokenizers)."""
+    """The conversation so far, ending where the model's reply starts (with a fallback for template-less
+    tokenizers)."""
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return FALLBACK_TEMPLATE.format(prompt="\n\n".join(m["content"] for m in messages))
@@ -69,8 +79,10 @@ def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]
         before = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True) if k else ""
         through = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
         if not (text.startswith(through) and through.startswith(before)):
-            raise TunesmithError("the tokenizer's chat template does not render a conversation as a sequence of "
-                                 "turns (prefixes differ); sft needs one that does")
+            raise TunesmithError(
+                "the tokenizer's chat template does not render a conversation as a sequence of "
+                "turns (prefixes differ); sft needs one that does"
+            )
         spans.append((len(before), len(through)))
     return text, spans
 
@@ -78,8 +90,17 @@ def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]
 class Tokens:
     """Token ids and loss targets of one split; counts what truncation cut."""
 
-    def __init__(self, tokenizer, rows: list[dict], max_length: int, shape: str, *, split: str = "", on_error: str = "skip",
-                 loss_on: str = "replies"):
+    def __init__(
+        self,
+        tokenizer,
+        rows: list[dict],
+        max_length: int,
+        shape: str,
+        *,
+        split: str = "",
+        on_error: str = "skip",
+        loss_on: str = "replies",
+    ):
         self.ids, self.targets = [], []
         self.truncated = self.replies_cut = self.dropped = 0
         for n, row in enumerate(rows):
@@ -90,17 +111,25 @@ class Tokens:
                 text, spans = render(tokenizer, as_messages(row))
                 enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 ids = enc["input_ids"]
-                targets = list(ids) if loss_on == "all" else \
-                    [t if any(a <= s < b for a, b in spans) else IGNORE for t, (s, _) in zip(ids, enc["offset_mapping"])]
+                targets = (
+                    list(ids)
+                    if loss_on == "all"
+                    else [
+                        t if any(a <= s < b for a, b in spans) else IGNORE
+                        for t, (s, _) in zip(ids, enc["offset_mapping"])
+                    ]
+                )
             if len(ids) > max_length:
                 self.truncated += 1
                 self.replies_cut += int(any(t != IGNORE for t in targets[max_length:]))
                 ids, targets = ids[:max_length], targets[:max_length]
             if sum(t != IGNORE for t in targets[1:]) == 0:  # the reply lies beyond max_length: nothing to learn from
                 if on_error == "fail":
-                    raise TunesmithError(f"{split} example {n + 1} (data/{split}.parquet): its prompt fills train.max_length="
-                                         f"{max_length} tokens, so no reply token is left; raise train.max_length, or set "
-                                         f"data.on_error: skip to skip and count such examples")
+                    raise TunesmithError(
+                        f"{split} example {n + 1} (data/{split}.parquet): its prompt fills train.max_length="
+                        f"{max_length} tokens, so no reply token is left; raise train.max_length, or set "
+                        f"data.on_error: skip to skip and count such examples"
+                    )
                 self.dropped += 1
                 continue
             self.ids.append(ids)
@@ -125,8 +154,13 @@ class Tokens:
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "n": n_targets, "examples": len(idx)}
 
     def report(self) -> dict:
-        return {"examples": len(self), "truncated": self.truncated, "replies_cut": self.replies_cut,
-                "dropped_no_target_left": self.dropped, "target_tokens": int(sum((np.array(t[1:]) != IGNORE).sum() for t in self.targets))}
+        return {
+            "examples": len(self),
+            "truncated": self.truncated,
+            "replies_cut": self.replies_cut,
+            "dropped_no_target_left": self.dropped,
+            "target_tokens": int(sum((np.array(t[1:]) != IGNORE).sum() for t in self.targets)),
+        }
 
 
 class Packed:
@@ -161,15 +195,21 @@ class Packed:
             at = 0
             for i in self.rows[r]:
                 n = int(tok.lengths[i])
-                input_ids[row, at:at + n] = torch.tensor(tok.ids[i])
-                labels[row, at + 1:at + n] = torch.tensor(tok.targets[i][1:])
-                positions[row, at:at + n] = torch.arange(n)
+                input_ids[row, at : at + n] = torch.tensor(tok.ids[i])
+                labels[row, at + 1 : at + n] = torch.tensor(tok.targets[i][1:])
+                positions[row, at : at + n] = torch.arange(n)
                 at += n
             positions[row, at:] = torch.arange(width - at)  # padding: a block of its own, no targets
             examples += len(self.rows[r])
         n_targets = int((labels[:, 1:] != IGNORE).sum())
-        return {"input_ids": input_ids, "position_ids": positions, "attention_mask": block_causal_mask(positions),
-                "labels": labels, "n": n_targets, "examples": examples}
+        return {
+            "input_ids": input_ids,
+            "position_ids": positions,
+            "attention_mask": block_causal_mask(positions),
+            "labels": labels,
+            "n": n_targets,
+            "examples": examples,
+        }
 
 
 def block_causal_mask(positions: torch.Tensor) -> torch.Tensor:
@@ -189,8 +229,11 @@ def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     # Packed rows carry position_ids that restart per example and a block-diagonal causal mask (4D), so no token
     # attends across an example boundary. (transformers' own detection of packing from position_ids alone did not
     # take effect here: measured, the loss then matched the unmasked one.)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
-              "position_ids": batch.get("position_ids")}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch.get("attention_mask"),
+        "position_ids": batch.get("position_ids"),
+    }
     if getattr(model.config, "final_logit_softcapping", None):  # logits are post-processed: take the full path
         logits = model(**inputs).logits[:, :-1][keep]
     else:
@@ -208,7 +251,7 @@ def mean_loss(model: torch.nn.Module, data: Tokens, batch_size: int = 8) -> floa
     total, n = 0.0, 0
     order = np.argsort(-data.lengths, kind="stable")
     for i in range(0, len(order), batch_size):
-        b = data.collate(order[i: i + batch_size])
+        b = data.collate(order[i : i + batch_size])
         total += token_loss(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}).item()
         n += b["n"]
     model.train(was_training)
@@ -229,16 +272,25 @@ def make_task(model: torch.nn.Module, tokens: Tokens, val: Tokens | None, cfg: R
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         return loss_metrics(mean_loss(m, val, t.batch_size))
 
-    return Task(model=model, batches=batches, loss=token_loss, collate=train.collate,
-                evaluate=evaluate if val is not None and len(val) else None)
+    return Task(
+        model=model,
+        batches=batches,
+        loss=token_loss,
+        collate=train.collate,
+        evaluate=evaluate if val is not None and len(val) else None,
+    )
 
 
 def read_rows(folder: Path) -> dict[str, list[dict]]:
-    return {name: pq.read_table(folder / f"{name}.parquet").to_pylist()
-            for name in ("train", "val", "test") if (folder / f"{name}.parquet").is_file()}
+    return {
+        name: pq.read_table(folder / f"{name}.parquet").to_pylist()
+        for name in ("train", "val", "test")
+        if (folder / f"{name}.parquet").is_file()
+    }
 
 
 # ---- the recipe: read top to bottom ---------------------------------------------------------------------
+
 
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict:
     """Prepared data -> base model's test loss -> fine-tune -> save model/ (LoRA merged) -> tuned test loss."""
@@ -250,8 +302,18 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     shape = report_data["shape"]
     rows = read_rows(run_dir / "data")
-    tokens = {name: Tokens(tokenizer, split, cfg.train.max_length, shape, split=name, on_error=cfg.data.on_error,
-                           loss_on=cfg.train.loss_on) for name, split in rows.items()}
+    tokens = {
+        name: Tokens(
+            tokenizer,
+            split,
+            cfg.train.max_length,
+            shape,
+            split=name,
+            on_error=cfg.data.on_error,
+            loss_on=cfg.train.loss_on,
+        )
+        for name, split in rows.items()
+    }
     if not len(tokens["train"]):
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)
@@ -259,25 +321,46 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     freeze_embeddings(model, cfg)
     scores = Scores(cfg, tokenizer, tokens, rows.get("test") if shape != "text" else None)
     base = scores(model) if cfg.eval.baseline else None
-    result = fit(make_task(model, tokens["train"], tokens.get("val"), cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
+    result = fit(
+        make_task(model, tokens["train"], tokens.get("val"), cfg), cfg.train, run_dir, resume=resume, quiet=quiet
+    )
     if cfg.lora:
         model = model.merge_and_unload()
-    meta = {"method": cfg.method, "base_model": cfg.model, "base_path": str(model_dir), "max_length": cfg.train.max_length,
-            "lora_merged": cfg.lora is not None}
+    meta = {
+        "method": cfg.method,
+        "base_model": cfg.model,
+        "base_path": str(model_dir),
+        "max_length": cfg.train.max_length,
+        "lora_merged": cfg.lora is not None,
+    }
     save_model(model, tokenizer, meta, run_dir / "model")
-    report = {"method": cfg.method, "data": {name: tok.report() for name, tok in tokens.items()},
-              "train": {"steps": result.steps, "epochs": round(result.epochs_done, 3), "examples": result.examples,
-                        "seconds": round(result.train_seconds, 2), "examples_per_s": round(result.examples_per_s, 2),
-                        "precision": result.precision, "precision_reason": result.precision_reason,
-                        "device": result.device, "stopped_early": result.stopped_early, "best_val": result.best}}
+    report = {
+        "method": cfg.method,
+        "data": {name: tok.report() for name, tok in tokens.items()},
+        "train": {
+            "steps": result.steps,
+            "epochs": round(result.epochs_done, 3),
+            "examples": result.examples,
+            "seconds": round(result.train_seconds, 2),
+            "examples_per_s": round(result.examples_per_s, 2),
+            "precision": result.precision,
+            "precision_reason": result.precision_reason,
+            "device": result.device,
+            "stopped_early": result.stopped_early,
+            "best_val": result.best,
+        },
+    }
     tuned = scores(model)
     if tuned:
         report |= {"test_rows": len(tokens["test"]) if "test" in tokens else 0, "tuned": tuned}
         if base:
             report["baseline"] = base
         if base and "general_perplexity" in tuned:
-            report["forgetting"] = {"general_text": cfg.eval.general_text, "general_tokens": cfg.eval.general_tokens,
-                                    "ppl_ratio": tuned["general_perplexity"] / base["general_perplexity"]}
+            report["forgetting"] = {
+                "general_text": cfg.eval.general_text,
+                "general_tokens": cfg.eval.general_tokens,
+                "ppl_ratio": tuned["general_perplexity"] / base["general_perplexity"],
+            }
     return report
 
 
@@ -285,7 +368,9 @@ def load(model_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     zoo.quiet_transformers()
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(model_dir)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
+        model_dir
+    )
 
 
 @dataclass(frozen=True)
@@ -301,9 +386,16 @@ class Sampling:
 
     def kwargs(self, tokenizer) -> dict:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        out = {"max_new_tokens": self.max_new_tokens, "pad_token_id": pad, "repetition_penalty": self.repetition_penalty}
-        out |= {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else \
-            {"do_sample": False}
+        out = {
+            "max_new_tokens": self.max_new_tokens,
+            "pad_token_id": pad,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        out |= (
+            {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            if self.temperature > 0
+            else {"do_sample": False}
+        )
         return out | ({"stop_strings": list(self.stop), "tokenizer": tokenizer} if self.stop else {})
 
     def end(self, text: str) -> int | None:
@@ -334,7 +426,9 @@ class ChatSession:
         self.messages.append({"role": "user", "content": text})
         enc = self.tokenizer(prompt_text(self.tokenizer, self.messages), return_tensors="pt", add_special_tokens=False)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = Thread(target=self.model.generate, kwargs={**enc, "streamer": streamer, **self.sampling.kwargs(self.tokenizer)})
+        worker = Thread(
+            target=self.model.generate, kwargs={**enc, "streamer": streamer, **self.sampling.kwargs(self.tokenizer)}
+        )
         worker.start()
         said, shown, hold = "", 0, max(map(len, self.sampling.stop), default=1) - 1
         for piece in streamer:
@@ -358,8 +452,9 @@ def generate(model_dir: Path, prompts: list[str], sampling: Sampling = Sampling(
 
 
 @torch.no_grad()
-def replies(model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), *,
-            batch_size: int = 16) -> list[str]:
+def replies(
+    model, tokenizer, conversations: list[list[dict]], sampling: Sampling = Sampling(), *, batch_size: int = 16
+) -> list[str]:
     """The next assistant reply to each conversation, in batches of prompts of similar length (left-padded)."""
     was_training = model.training
     model.eval()
@@ -368,11 +463,11 @@ def replies(model, tokenizer, conversations: list[list[dict]], sampling: Samplin
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[str] = [""] * len(texts)
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
         rows = model.generate(**enc, **sampling.kwargs(tokenizer))
         for i, r in zip(batch, rows):
-            said = tokenizer.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            said = tokenizer.decode(r[enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out[i] = sampling.cut(said).strip()
     tokenizer.padding_side = side
     model.train(was_training)
@@ -386,7 +481,10 @@ def general_tokens(tokenizer, path: str, max_length: int, limit: int) -> Tokens:
     text = read_text(Path(path))
     enc = tokenizer(text[: limit * 12], add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"][:limit]
-    rows = [{"text": text[w[0][0]:w[-1][1]]} for w in (offsets[i:i + max_length] for i in range(0, len(offsets), max_length))]
+    rows = [
+        {"text": text[w[0][0] : w[-1][1]]}
+        for w in (offsets[i : i + max_length] for i in range(0, len(offsets), max_length))
+    ]
     return Tokens(tokenizer, rows, max_length, "text")
 
 
@@ -395,8 +493,11 @@ class Scores:
 
     def __init__(self, cfg: RunConfig, tokenizer, tokens: dict[str, Tokens], test_rows: list[dict] | None):
         self.cfg, self.tokenizer, self.tokens = cfg, tokenizer, tokens
-        self.general = general_tokens(tokenizer, cfg.eval.general_text, cfg.train.max_length, cfg.eval.general_tokens) \
-            if cfg.eval.general_text else None
+        self.general = (
+            general_tokens(tokenizer, cfg.eval.general_text, cfg.train.max_length, cfg.eval.general_tokens)
+            if cfg.eval.general_text
+            else None
+        )
         rows = (test_rows or [])[: cfg.eval.generate]
         self.prompts = [as_messages(r)[:-1] for r in rows]
         self.references = [r.get("references") or [as_messages(r)[-1]["content"]] for r in rows]
@@ -410,9 +511,15 @@ class Scores:
         if self.general is not None:
             out["general_perplexity"] = loss_metrics(mean_loss(model, self.general, bs))["perplexity"]
         if self.prompts:
-            said = replies(model, self.tokenizer, self.prompts, Sampling(self.cfg.eval.max_new_tokens,
-                                                                         repetition_penalty=self.cfg.eval.repetition_penalty))
+            said = replies(
+                model,
+                self.tokenizer,
+                self.prompts,
+                Sampling(self.cfg.eval.max_new_tokens, repetition_penalty=self.cfg.eval.repetition_penalty),
+            )
             out |= text_metrics(said, self.references) | {"replies_scored": len(said)}
-            out["samples"] = [{"prompt": p[-1]["content"][:500], "reply": r[:500], "reference": ref[0][:500]}
-                              for p, r, ref in list(zip(self.prompts, said, self.references))[:5]]
+            out["samples"] = [
+                {"prompt": p[-1]["content"][:500], "reply": r[:500], "reference": ref[0][:500]}
+                for p, r, ref in list(zip(self.prompts, said, self.references))[:5]
+            ]
         return out

@@ -25,13 +25,17 @@ def write_report(run_dir: Path) -> Path:
         figures["before_after"] = plots.before_after(ev["baseline"], ev["tuned"])
     if "confusion" in ev.get("tuned", {}):
         figures["confusion"] = plots.confusion(ev["tuned"]["confusion"], ev["labels"])
-        curves = {"tuned": ev["tuned"]["reliability"], f"tuned, T={ev['temperature']:.2f}": ev["tuned"]["reliability_calibrated"]}
+        curves = {
+            "tuned": ev["tuned"]["reliability"],
+            f"tuned, T={ev['temperature']:.2f}": ev["tuned"]["reliability_calibrated"],
+        }
         if "baseline" in ev:
             curves["baseline"] = ev["baseline"]["reliability"]
         figures["reliability"] = plots.reliability_diagram(curves)
     env = Environment(loader=PackageLoader("tunesmith", "report"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
-        run=run_dir.name, config=(run_dir / "config.yaml").read_text(), ev=ev, data=data, figures=figures, scores=SCORES)
+        run=run_dir.name, config=(run_dir / "config.yaml").read_text(), ev=ev, data=data, figures=figures, scores=SCORES
+    )
     out = run_dir / "report.html"
     atomic_write(out, html)
     return out

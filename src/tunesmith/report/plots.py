@@ -46,7 +46,9 @@ def confusion(matrix: list[list[int]], labels: list[str]) -> str:
     size = min(12, 2.5 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=8 if n > 12 else 10)
+    ax.set_xticks(
+        range(n), labels, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=8 if n > 12 else 10
+    )
     ax.set_yticks(range(n), labels, fontsize=8 if n > 12 else 10)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -89,8 +91,10 @@ def length_histograms(text_chars: dict) -> str | None:
     return _png(fig)
 
 
-PANELS = (("perplexity (lower is better)", ("perplexity", "general_perplexity")),
-          ("generation scores, 0-100 (higher is better)", ("rouge1", "rouge2", "rougeL", "bleu", "exact_match")))
+PANELS = (
+    ("perplexity (lower is better)", ("perplexity", "general_perplexity")),
+    ("generation scores, 0-100 (higher is better)", ("rouge1", "rouge2", "rougeL", "bleu", "exact_match")),
+)
 
 
 def before_after(base: dict, tuned: dict) -> str | None:

@@ -25,8 +25,12 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -47,7 +51,9 @@ def save_weights(model: torch.nn.Module, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loop_state: dict, keep: int) -> Path:
+def save_checkpoint(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loop_state: dict, keep: int
+) -> Path:
     """checkpoints/step-N/: weights, optimiser, RNG and the loop's position; older ones pruned to `keep`."""
     final = folder / f"step-{loop_state['step']}"
     tmp = folder / f".step-{loop_state['step']}.tmp"

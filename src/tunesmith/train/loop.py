@@ -11,15 +11,21 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.train.checkpoint import list_checkpoints, load_trainable, restore_checkpoint, save_checkpoint, save_weights
+from tunesmith.train.checkpoint import (
+    list_checkpoints,
+    load_trainable,
+    restore_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from tunesmith.train.optim import build_optimizer, lr_at, warmup_steps
 from tunesmith.train.precision import autocast, pick_device, pick_precision
 from tunesmith.train.progress import Progress
@@ -152,8 +158,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     map_big_blocks()
     release_freed_memory()
     model = task.model.to(device)
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr,
-                                head_names=task.head_names, device=device)
+    optimizer = build_optimizer(
+        model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr=cfg.head_lr, head_names=task.head_names, device=device
+    )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     first_plan = task.batches(0)
@@ -168,13 +175,34 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     eval_every = cfg.eval_every or steps_per_epoch
     stop_cfg = cfg.early_stopping
 
-    state = {"step": 0, "epoch": 0, "batch": 0, "examples": 0, "train_seconds": 0.0, "precision": precision,
-             "best": None, "best_metrics": None, "bad_evals": 0, "last_eval": None, "stopped_early": False}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "examples": 0,
+        "train_seconds": 0.0,
+        "precision": precision,
+        "best": None,
+        "best_metrics": None,
+        "bad_evals": 0,
+        "last_eval": None,
+        "stopped_early": False,
+    }
     if saved:
         state = restore_checkpoint(found[-1], saved, model, optimizer)
     log = MetricsLog(run_dir, state["step"] if resume else None)
-    log.write({"step": state["step"], "split": "setup", "precision": precision, "precision_reason": reason,
-               "device": str(device), "total_steps": total, "warmup_steps": warmup, "resumed": resume})
+    log.write(
+        {
+            "step": state["step"],
+            "split": "setup",
+            "precision": precision,
+            "precision_reason": reason,
+            "device": str(device),
+            "total_steps": total,
+            "warmup_steps": warmup,
+            "resumed": resume,
+        }
+    )
     progress = Progress(total, quiet=quiet, start=state["step"])
     model.train()
     running, running_n = 0.0, 0
@@ -184,7 +212,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
             epoch = state["epoch"]
             batches = first_plan if epoch == 0 else task.batches(epoch)
             while state["epoch"] == epoch and state["step"] < total and not state["stopped_early"]:
-                group = [task.collate(item) for item in batches[state["batch"]: state["batch"] + cfg.grad_accum]]
+                group = [task.collate(item) for item in batches[state["batch"] : state["batch"] + cfg.grad_accum]]
                 lr = lr_at(state["step"], warmup=warmup, total=total, peak=cfg.lr, schedule=cfg.schedule)
                 for g in optimizer.param_groups:
                     g["lr"] = lr * g["base_lr"] / cfg.lr
@@ -197,8 +225,11 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     step_loss += loss.item()
                 if scaler:
                     scaler.unscale_(optimizer)
-                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-                             if cfg.max_grad_norm else None)
+                grad_norm = (
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+                    if cfg.max_grad_norm
+                    else None
+                )
                 if scaler:
                     scaler.step(optimizer)
                     scaler.update()
@@ -212,12 +243,23 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     state["epoch"], state["batch"] = state["epoch"] + 1, 0
                 running, running_n = running + step_loss, running_n + 1
                 step = state["step"]
-                state["train_seconds"], clock = state["train_seconds"] + time.perf_counter() - clock, time.perf_counter()
+                state["train_seconds"], clock = (
+                    state["train_seconds"] + time.perf_counter() - clock,
+                    time.perf_counter(),
+                )
                 speed = state["examples"] / max(state["train_seconds"], 1e-9)
                 progress.update(step, running / running_n, speed)
                 if step % cfg.log_every == 0 or step == total:
-                    log.write({"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": running / running_n,
-                               "lr": lr, "grad_norm": grad_norm, "examples_per_s": speed})
+                    log.write(
+                        {
+                            "step": step,
+                            "epoch": round(step / steps_per_epoch, 4),
+                            "loss": running / running_n,
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                            "examples_per_s": speed,
+                        }
+                    )
                     running, running_n = 0.0, 0
                 if task.evaluate and (step % eval_every == 0 or step == total):
                     _evaluate(task, model, state, stop_cfg, log, progress, ckpt_dir)
@@ -232,14 +274,23 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         from safetensors.torch import load_file
 
         load_trainable(model, load_file(ckpt_dir / "best" / "weights.safetensors"))
-    return FitResult(steps=state["step"], epochs_done=state["step"] / steps_per_epoch, examples=state["examples"],
-                     train_seconds=state["train_seconds"], precision=precision, precision_reason=reason,
-                     device=str(device), best=state["best_metrics"], last_eval=state["last_eval"],
-                     stopped_early=state["stopped_early"])
+    return FitResult(
+        steps=state["step"],
+        epochs_done=state["step"] / steps_per_epoch,
+        examples=state["examples"],
+        train_seconds=state["train_seconds"],
+        precision=precision,
+        precision_reason=reason,
+        device=str(device),
+        best=state["best_metrics"],
+        last_eval=state["last_eval"],
+        stopped_early=state["stopped_early"],
+    )
 
 
-def _evaluate(task: Task, model: torch.nn.Module, state: dict, stop_cfg, log: MetricsLog, progress: Progress,
-              ckpt_dir: Path) -> None:
+def _evaluate(
+    task: Task, model: torch.nn.Module, state: dict, stop_cfg, log: MetricsLog, progress: Progress, ckpt_dir: Path
+) -> None:
     model.eval()
     with torch.no_grad():
         metrics = task.evaluate(model)
@@ -250,8 +301,10 @@ def _evaluate(task: Task, model: torch.nn.Module, state: dict, stop_cfg, log: Me
     if not stop_cfg:
         return
     if stop_cfg.metric not in metrics:
-        raise TunesmithError(f"train.early_stopping.metric {stop_cfg.metric!r} is not a validation metric; "
-                             f"choose one of {sorted(metrics)}")
+        raise TunesmithError(
+            f"train.early_stopping.metric {stop_cfg.metric!r} is not a validation metric; "
+            f"choose one of {sorted(metrics)}"
+        )
     value = metrics[stop_cfg.metric]
     if _better(value, state["best"], stop_cfg.metric, stop_cfg.min_delta):
         state["best"], state["best_metrics"], state["bad_evals"] = value, {"step": state["step"], **metrics}, 0
@@ -260,4 +313,6 @@ def _evaluate(task: Task, model: torch.nn.Module, state: dict, stop_cfg, log: Me
         state["bad_evals"] += 1
         if state["bad_evals"] >= stop_cfg.patience:
             state["stopped_early"] = True
-            progress.note(f"early stop at step {state['step']}: no better {stop_cfg.metric} in {stop_cfg.patience} evaluations")
+            progress.note(
+                f"early stop at step {state['step']}: no better {stop_cfg.metric} in {stop_cfg.patience} evaluations"
+            )

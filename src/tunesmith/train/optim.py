@@ -24,8 +24,15 @@ def warmup_steps(warmup: float, total: int) -> int:
     return int(round(warmup * total)) if warmup < 1 else int(warmup)
 
 
-def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, head_lr: float | None = None,
-                    head_names: tuple[str, ...] = (), device: torch.device | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    head_lr: float | None = None,
+    head_names: tuple[str, ...] = (),
+    device: torch.device | None = None,
+) -> torch.optim.AdamW:
     """No weight decay on biases and norms (the usual practice); a separate LR for a fresh head if asked for.
 
     The fused kernel is 4x faster than foreach on CPU for a 23M-parameter model.

@@ -35,7 +35,8 @@ def _time_step(dtype: torch.dtype | None, reps: int = 3) -> float:
     gen = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):  # the probe must not move the training RNG
         layer = torch.nn.Sequential(
-            torch.nn.Linear(384, 1536), torch.nn.GELU(), torch.nn.Linear(1536, 384), torch.nn.LayerNorm(384))
+            torch.nn.Linear(384, 1536), torch.nn.GELU(), torch.nn.Linear(1536, 384), torch.nn.LayerNorm(384)
+        )
     x = torch.randn(512, 384, generator=gen)
     best = float("inf")
     for _ in range(reps + 1):
@@ -90,7 +91,9 @@ def pick_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         if requested == "auto":
-            return ("bf16", "CUDA GPU with bf16") if bf16_ok else ("fp16", "CUDA GPU without bf16: fp16 with loss scaling")
+            return (
+                ("bf16", "CUDA GPU with bf16") if bf16_ok else ("fp16", "CUDA GPU without bf16: fp16 with loss scaling")
+            )
         if requested == "bf16" and not bf16_ok:
             raise TunesmithError("train.precision is bf16 but this GPU does not support it; use auto, fp16 or fp32")
         return requested, "requested"

@@ -17,9 +17,15 @@ class Progress:
         self.next_line = start + max(1, total // 10)
         if not quiet and self.console.is_terminal:
             self.bar = RichProgress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:.1f} ex/s"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[speed]:.1f} ex/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
             )
             self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), speed=0.0)
             self.bar.start()

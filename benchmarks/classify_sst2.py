@@ -134,7 +134,7 @@ def run_hf(train: Path, dev: Path, workdir: Path, setting: str, max_steps: int |
         set_seed,
     )
 
-    from tunesmith import zoo
+    from tunesmith.models import zoo
 
     zoo.quiet_transformers()  # the same as tunesmith: no load reports or progress bars
     precision, sampling = setting.split("-", 1)

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import traceback
 import warnings
 from pathlib import Path
 
 import yaml
 
-from tunesmith import zoo
-from tunesmith.config import DataConfig, RunConfig, config_from_dict, dump_config, load_config
-from tunesmith.data.classify import Split, read_prepared, read_split
-from tunesmith.data.prepare import Preparer, prepare
+from tunesmith import methods
+from tunesmith.config import RunConfig, config_from_dict, dump_config, load_config
+from tunesmith.data.prepare import prepare
 from tunesmith.errors import ReportNotWritten, TunesmithError
-from tunesmith.eval.calibration import softmax
-from tunesmith.methods import classify, sft
+from tunesmith.infer.classifier import Classifier
+from tunesmith.infer.generator import ChatSession, Generator, Sampling
+from tunesmith.models import zoo
 from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json
-
-METHODS = {"classify": classify.run, "sft": sft.run, "pretrain": sft.run}
-SHAPES = {"classify": ("classify",), "sft": ("chat", "instruction"), "pretrain": ("text",)}  # what each trains on
 
 
 def train(
@@ -41,6 +37,7 @@ def train(
     else:
         cfg = _as_config(config, overrides)
         run_dir = new_run_dir(cfg.output_dir, cfg.name)
+    method = methods.get(cfg.method)
     registry = Registry(run_dir.parent)
     cfg_text = dump_config(cfg)
     registry.start(run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method)
@@ -49,12 +46,12 @@ def train(
             (run_dir / "config.yaml").write_text(cfg_text)
             zoo.resolve(cfg.model)  # fail on a missing model before reading data
             shape = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))["shape"]
-            if shape not in SHAPES[cfg.method]:
+            if shape not in method.shapes:
                 raise TunesmithError(
-                    f"method {cfg.method} trains on {' or '.join(SHAPES[cfg.method])} data, but "
+                    f"method {cfg.method} trains on {' or '.join(method.shapes)} data, but "
                     f"{cfg.data.train} holds {shape} data (see data_report.json in {run_dir / 'data'})"
                 )
-        report = METHODS[cfg.method](cfg, run_dir, resume=resume is not None, quiet=quiet)
+        report = {"method": cfg.method} | method.run(cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
         shutil.rmtree(run_dir / "model.tmp", ignore_errors=True)
@@ -63,7 +60,7 @@ def train(
         if not isinstance(err, TunesmithError):
             (run_dir / "error.log").write_text(traceback.format_exc())
         raise
-    registry.finish(run_dir, "done", metrics=headline(report))
+    registry.finish(run_dir, "done", metrics=headline(report, method.headline))
     _write_report(run_dir)
     return run_dir
 
@@ -117,15 +114,13 @@ def _as_config(config, overrides) -> RunConfig:
     return load_config(config, overrides)
 
 
-HEADLINE = ("accuracy", "macro_f1", "perplexity")
-
-
-def headline(report: dict) -> dict:
+def headline(report: dict, keys: tuple[str, ...]) -> dict:
+    """The scores a run's registry row keeps: the method's headline keys, tuned and baseline."""
     return {
         f"{who}_{key}": round(report[who][key], 4)
         for who in ("tuned", "baseline")
         if who in report
-        for key in HEADLINE
+        for key in keys
         if key in report[who]
     }
 
@@ -140,10 +135,10 @@ def generate(
     stop: list[str] | None = None,
     repetition_penalty: float = 1.0,
 ) -> list[str]:
-    """Replies of a run's causal LM (sft/pretrain) to single-turn prompts, with its chat template; a reply ends
-    before the first of the `stop` strings."""
-    sampling = sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
-    return sft.generate(_lm_dir(run), prompts, sampling)
+    """Replies of a run's causal LM to single-turn prompts, with its chat template; a reply ends before the first
+    of the `stop` strings."""
+    sampling = Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
+    return Generator.load(run).replies([[{"role": "user", "content": p}] for p in prompts], sampling)
 
 
 def chat(
@@ -155,34 +150,15 @@ def chat(
     top_p: float = 0.9,
     stop: list[str] | None = None,
     repetition_penalty: float = 1.0,
-) -> sft.ChatSession:
+) -> ChatSession:
     """A conversation with a run's causal LM: `session.send(text)` yields the reply as it is generated."""
-    sampling = sft.Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
-    return sft.ChatSession(_lm_dir(run), system=system, sampling=sampling)
-
-
-def _lm_dir(run: str | Path) -> Path:
-    model_dir = find_run_dir(run) / "model"
-    meta = json.loads((model_dir / "tunesmith.json").read_text())
-    if meta["method"] not in ("sft", "pretrain"):
-        raise TunesmithError(f"{run}: a {meta['method']} run has no text generator; use tunesmith predict")
-    return model_dir
+    sampling = Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
+    return ChatSession(Generator.load(run), system=system, sampling=sampling)
 
 
 def predict(run: str | Path, texts: list[str], *, top_k: int | None = None) -> list[dict]:
     """Label, calibrated confidence and per-label probabilities for each text."""
-    model, tokenizer, meta = classify.load_model(find_run_dir(run) / "model")
-    enc = classify.Encoded(tokenizer, _unlabelled(texts, meta), meta["labels"], meta["max_length"])
-    probs = softmax(classify.predict_logits(model, enc), meta["temperature"])
-    out = []
-    for p in probs:
-        ranked = sorted(zip(meta["labels"], p.tolist()), key=lambda kv: -kv[1])[: top_k or len(p)]
-        out.append({"label": ranked[0][0], "confidence": ranked[0][1], "probs": dict(ranked)})
-    return out
-
-
-def _unlabelled(texts: list[str], meta: dict) -> Split:
-    return Split(list(texts), [meta["labels"][0]] * len(texts))
+    return Classifier.load(run).predict(texts, top_k=top_k)
 
 
 def evaluate(
@@ -195,49 +171,30 @@ def evaluate(
     on_error: str = "fail",
     write: bool = True,
 ) -> dict:
-    """Score a run's model (and the untuned baseline, refitted on the run's training split) on another file."""
+    """Score a run's model (and the untuned baseline) on another file, as its method scores a test set."""
     run_dir = find_run_dir(run)
-    cfg = load_config(run_dir / "config.yaml")
-    data_cfg = DataConfig(
-        **(
-            cfg.data.model_dump()
-            | {
-                "train": str(data),
-                "val": None,
-                "test": None,
-                "format": "auto",
-                "delimiter": None,
-                "columns": None,
-                "split_column": None,
-                "on_error": on_error,
-                "max_rows": None,
-                "sample": None,
-                "shape": "classify",
-                "text": text or cfg.data.text,
-                "label": label or cfg.data.label,
-                "dedup": {"exact": False, "near": False},
-            }
+    method = methods.get(load_config(run_dir / "config.yaml").method)
+    if method.evaluate is None:
+        raise TunesmithError(
+            f"{run}: a {method.name} run cannot be scored on another file yet; its eval.json holds its test-set scores"
         )
-    )
-    with tempfile.TemporaryDirectory() as tmp:  # the same reading, cleaning and PII as training, without dedup
-        pool, funnel = Preparer(data_cfg, cfg.train.seed).pool("eval", str(data), Path(tmp), None)
-        split, read_report = read_split(pool), funnel.report()
-    model, tokenizer, meta = classify.load_model(run_dir / "model")
-    unknown = sorted(set(split.labels) - set(meta["labels"]))
-    if unknown:
-        raise TunesmithError(f"{data}: labels the model was not trained on: {unknown[:10]}; it knows {meta['labels']}")
-    if not len(split):
-        raise TunesmithError(f"{data}: no rows to evaluate")
-    enc = {"test": classify.Encoded(tokenizer, split, meta["labels"], meta["max_length"])}
-    if baseline:  # the baseline is refitted on the run's own training split
-        train_split = read_prepared(run_dir / "data").splits["train"]
-        enc["train"] = classify.Encoded(tokenizer, train_split, meta["labels"], meta["max_length"])
-    cfg.eval.baseline = baseline
-    report = classify.score_test(model, Path(meta["base_path"]), enc, meta["labels"], meta["temperature"], cfg)
-    report |= {"data": str(data), "read": read_report}
-    if write:
-        write_json(run_dir / f"eval-{Path(data).stem}.json", report)
-    return report
+    report = method.evaluate(run_dir, data, text=text, label=label, baseline=baseline, on_error=on_error, write=write)
+    return {"method": method.name} | report
+
+
+def list_methods() -> list[dict]:
+    """Every method: its name, what it does, the data shapes it trains on and its own config keys."""
+    return [
+        {
+            "name": m.name,
+            "summary": m.summary,
+            "shapes": list(m.shapes),
+            "section": {m.name: m.section().model_dump()} if m.section else {},
+            "val_metrics": list(m.val_metrics),
+            "options": sorted(m.options),
+        }
+        for m in methods.registry().values()
+    ]
 
 
 def list_runs(output_dir: str | Path = "runs") -> list[dict]:
@@ -265,6 +222,7 @@ def pull_model(name: str) -> Path:
 
 
 __all__ = [
+    "list_methods",
     "train",
     "prepare_data",
     "predict",

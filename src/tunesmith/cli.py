@@ -104,21 +104,26 @@ def prepare(
     out.print(f"data: {folder}")
 
 
+def score_table(ev: dict, title: str, headers: tuple[str, str]) -> Table:
+    """The scores the run's method reports, baseline beside tuned ("-" where the baseline has none)."""
+    from tunesmith import methods
+
+    table = Table(title=title)
+    table.add_column("metric")
+    if "baseline" in ev:
+        table.add_column(headers[0], justify="right")
+    table.add_column(headers[1], justify="right")
+    for key, _ in methods.get(ev["method"]).scores:
+        if key in ev["tuned"]:
+            base = [f"{ev['baseline'][key]:.4f}" if key in ev["baseline"] else "-"] if "baseline" in ev else []
+            table.add_row(key, *base, f"{ev['tuned'][key]:.4f}")
+    return table
+
+
 def print_eval(run_dir: Path) -> None:
     ev = json.loads((run_dir / "eval.json").read_text())
     if "tuned" in ev:
-        table = Table(title=f"test set: {ev['test_rows']} rows")
-        table.add_column("metric")
-        if "baseline" in ev:
-            table.add_column("untuned baseline", justify="right")
-        table.add_column("fine-tuned", justify="right")
-        from tunesmith.eval.metrics import SCORES
-
-        for key, _ in SCORES:
-            if key in ev["tuned"]:
-                cells = ([f"{ev['baseline'][key]:.4f}"] if "baseline" in ev else []) + [f"{ev['tuned'][key]:.4f}"]
-                table.add_row(key, *cells)
-        out.print(table)
+        out.print(score_table(ev, f"test set: {ev['test_rows']} rows", ("untuned baseline", "fine-tuned")))
     t = ev["train"]
     out.print(f"trained {t['steps']} steps in {t['seconds']} s ({t['examples_per_s']} examples/s, {t['precision']})")
     out.print(f"run:    {run_dir}")
@@ -138,7 +143,7 @@ def print_eval(run_dir: Path) -> None:
 @user_errors
 def predict(
     run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to label.")] = None,
     file: Annotated[Path | None, typer.Option(help="A file with one text per line ('-' for stdin).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities.")] = False,
 ):
@@ -158,7 +163,7 @@ PENALTY_HELP = "Above 1, tokens already in the text become less likely (breaks t
 @app.command()
 @user_errors
 def generate(
-    run: Annotated[str, typer.Argument(help="Run directory, id or name (an sft or pretrain run).")],
+    run: Annotated[str, typer.Argument(help="Run directory, id or name (a run of a causal LM).")],
     prompts: Annotated[
         Path | None, typer.Option("--prompts", help="A file with one prompt per line ('-' for stdin).")
     ] = None,
@@ -192,7 +197,7 @@ def generate(
 @app.command()
 @user_errors
 def chat(
-    run: Annotated[str, typer.Argument(help="Run directory, id or name (an sft or pretrain run).")],
+    run: Annotated[str, typer.Argument(help="Run directory, id or name (a run of a causal LM).")],
     system: Annotated[str | None, typer.Option(help="A system message to start the conversation.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
@@ -257,13 +262,19 @@ def eval_(
     if on_error not in ("fail", "skip"):
         raise TunesmithError(f"--on-error must be fail or skip, got {on_error!r}")
     report = _api().evaluate(run, data, text=text, label=label, baseline=baseline, on_error=on_error)
-    table = Table(title=f"{data}: {report['test_rows']} rows")
-    table.add_column("metric")
-    for who in ("baseline", "tuned"):
-        if who in report:
-            table.add_column(who, justify="right")
-    for key in ("accuracy", "macro_f1", "ece", "ece_calibrated"):
-        table.add_row(key, *[f"{report[w][key]:.4f}" for w in ("baseline", "tuned") if w in report])
+    out.print(score_table(report, f"{data}: {report['test_rows']} rows", ("baseline", "tuned")))
+
+
+@app.command("methods")
+@user_errors
+def methods_list():
+    """The methods (config key `method`): what each does, the data it trains on, its own config section."""
+    table = Table()
+    for col in ("method", "what it does", "data shapes", "its section", "validation metrics"):
+        table.add_column(col)
+    for m in _api().list_methods():
+        section = ", ".join(f"{k}: {v}" for k, v in next(iter(m["section"].values()), {}).items())
+        table.add_row(m["name"], m["summary"], ", ".join(m["shapes"]), section, ", ".join(m["val_metrics"]))
     out.print(table)
 
 

@@ -94,7 +94,7 @@ class LoraConfig(Strict):
 
 
 class EarlyStopping(Strict):
-    metric: str = "macro_f1"  # a validation metric: macro_f1, accuracy or loss
+    metric: str | None = None  # a validation metric of the method (`tunesmith methods`); default: its first
     patience: int = Field(2, ge=1)  # evaluations without improvement before stopping
     min_delta: float = Field(0.0, ge=0.0)
 
@@ -118,8 +118,8 @@ class TrainConfig(Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     group_by_length: bool = True  # batches of similar length: far less padding
-    packing: bool = False  # sft/pretrain: several examples per max_length sequence, attending only within themselves
-    loss_on: Literal["replies", "all"] = "replies"  # sft: the assistant's replies only, or every token (prompts too)
+    packing: bool = False  # causal LMs: several examples per max_length sequence, attending only within themselves
+    loss_on: Literal["replies", "all"] = "replies"  # chat data: the assistant's replies only, or every token
     early_stopping: EarlyStopping | None = None
     eval_every: int | None = Field(None, gt=0)  # steps between validations; default once per epoch
     checkpoint_every: int = Field(500, gt=0)  # steps between checkpoints
@@ -133,17 +133,28 @@ class EvalConfig(Strict):
     baseline: bool = True  # also score the untuned model on the same test set
     calibrate: bool = True  # fit a temperature on validation
     bins: int = Field(15, ge=2)  # bins of the reliability diagram and ECE
-    generate: int = Field(0, ge=0)  # sft: generate replies for this many test rows, scored by ROUGE/BLEU/exact match
-    max_new_tokens: int = Field(128, gt=0)  # sft: the longest generated reply
-    repetition_penalty: float = Field(1.0, ge=1.0)  # sft: > 1 discourages the loops small models fall into
-    general_text: str | None = None  # sft/pretrain: a general-text file; perplexity on it before/after = forgetting
+    generate: int = Field(0, ge=0)  # generate replies for this many test rows, scored by ROUGE/BLEU/exact match
+    max_new_tokens: int = Field(128, gt=0)  # the longest generated reply
+    repetition_penalty: float = Field(1.0, ge=1.0)  # > 1 discourages the loops small models fall into
+    general_text: str | None = None  # a general-text file: its perplexity before/after training measures forgetting
     general_tokens: int = Field(20000, gt=0)  # at most this many tokens of general_text are scored
 
 
+def _default_method() -> str:
+    from tunesmith import methods  # late: the methods import this module
+
+    return methods.DEFAULT
+
+
 class RunConfig(Strict):
+    """The core keys, plus the method's own section under its name (e.g. `dpo: {beta: 0.1}`), which the method
+    declares (methods/) and which is checked here, at load time, like every other key."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)  # extra keys: the method's section only
+
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str  # an alias (tunesmith models list), a hub id (cached) or a local folder
-    method: Literal["classify", "sft", "pretrain"] = "classify"  # sft: chat/instruction; pretrain: raw text
+    method: str = Field(default_factory=_default_method)  # `tunesmith methods` lists them
     data: DataConfig
     lora: LoraConfig | None = None  # omit for full fine-tuning
     train: TrainConfig = TrainConfig()
@@ -157,18 +168,73 @@ class RunConfig(Strict):
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% for training")
         return self
 
+    @model_validator(mode="after")
+    def _fits_the_method(self) -> RunConfig:
+        """The method exists; its section is valid and no other method's is given; no key is set that only other
+        methods use; the early-stopping metric is one its validation reports."""
+        from tunesmith import methods
 
-def _explain(err: ValidationError, source: str) -> TunesmithError:
+        try:
+            method = methods.get(self.method)
+        except ValueError as err:
+            raise ValueError(f"method: {err}") from None
+        extra = self.__pydantic_extra__
+        for key in list(extra):
+            if key == method.name and method.section is not None:
+                continue
+            owner = key in methods.registry() and methods.get(key).section is not None
+            raise ValueError(
+                f"{key}: "
+                + (
+                    f"a section of method {key}, but method is {method.name}"
+                    if owner
+                    else "unknown key (check the spelling; see the config reference in README.md)"
+                )
+            )
+        if method.section is not None:
+            try:
+                extra[method.name] = method.section.model_validate(extra.get(method.name) or {})
+            except ValidationError as err:
+                raise ValueError("\n  ".join(_lines(err, prefix=method.name))) from None
+        for key in sorted(methods.method_options() - method.options):
+            section, field = key.split(".")
+            model = getattr(self, section)
+            if getattr(model, field) != type(model).model_fields[field].default:
+                users = [m.name for m in methods.registry().values() if key in m.options]
+                raise ValueError(f"{key}: method {method.name} does not use it (it is for {', '.join(users)})")
+        stop = self.train.early_stopping
+        if stop is not None:
+            if stop.metric is None:
+                stop.metric = method.val_metrics[0]
+            elif stop.metric not in method.val_metrics:
+                raise ValueError(
+                    f"train.early_stopping.metric: {stop.metric!r} is not a validation metric of method "
+                    f"{method.name}; choose one of {', '.join(method.val_metrics)}"
+                )
+        return self
+
+    def section(self) -> BaseModel | None:
+        """The method's own section (e.g. cfg.section().beta), with its defaults filled in."""
+        return self.__pydantic_extra__.get(self.method)
+
+
+def _lines(err: ValidationError, prefix: str = "") -> list[str]:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]])
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check the spelling; see the config reference in README.md)")
+            lines.append(f"{key}: unknown key (check the spelling; see the config reference in README.md)")
         elif e["type"] == "missing":
-            lines.append(f"  {key}: required but missing")
+            lines.append(f"{key}: required but missing")
+        elif e["type"] == "value_error" and not key:  # a check across keys: its message names them
+            lines.append(e["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
-    return TunesmithError(f"invalid config {source}:\n" + "\n".join(lines))
+            lines.append(f"{key or '(top level)'}: {e['msg']} (got {e.get('input')!r})")
+    return lines
+
+
+def _explain(err: ValidationError, source: str) -> TunesmithError:
+    return TunesmithError(f"invalid config {source}:\n" + "\n".join("  " + line for line in _lines(err)))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tunesmith.config import DataConfig
-from tunesmith.data.classify import label_order, read_prepared
 from tunesmith.data.prepare import carve, prepare
+from tunesmith.data.prepared import label_order, read_prepared
 from tunesmith.errors import TunesmithError
 
 

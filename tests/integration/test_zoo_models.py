@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from tunesmith import zoo
+from tunesmith.models import zoo
 
 pytestmark = pytest.mark.integration
 

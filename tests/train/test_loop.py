@@ -9,7 +9,8 @@ import torch
 
 from tunesmith.config import EarlyStopping, TrainConfig
 from tunesmith.train.checkpoint import list_checkpoints
-from tunesmith.train.loop import Task, _glibc, fit
+from tunesmith.train.loop import Task, fit
+from tunesmith.train.memory import _glibc
 
 
 def toy_task(seed: int = 0, batch: int = 8, n: int = 64, dropout: float = 0.0) -> Task:
@@ -133,6 +134,68 @@ def test_resume_ends_with_the_same_weights(tmp_path):
     assert steps == list(range(1, 25)), "steps logged after the checkpoint are dropped, then logged once more"
 
 
+def test_loss_metrics_are_averaged_like_the_loss_and_logged(tmp_path):
+    """A loss may return (loss, metrics), each summed over its batch: the loop divides by the same n."""
+    task = toy_task()
+    plain = task.loss
+
+    def with_metrics(m, b):
+        correct = (m(b["x"]).argmax(-1) == b["y"]).sum()
+        return plain(m, b), {"hits": correct, "ones": float(b["n"])}
+
+    task.loss = with_metrics
+    fit(task, cfg(epochs=1, log_every=2), tmp_path, quiet=True)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r and "split" not in r]
+    assert [r["ones"] for r in train] == pytest.approx([1.0] * 4) and all(0 <= r["hits"] <= 1 for r in train)
+    assert train[-1]["hits"] > train[0]["hits"] - 0.25
+
+
+def test_setup_runs_once_on_the_device_before_a_checkpoint_is_restored(tmp_path):
+    seen = []
+    task = toy_task()
+    task.setup = lambda device: seen.append((device.type, weights(task.model).clone()))
+    fit(task, cfg(checkpoint_every=4), tmp_path, quiet=True)
+    resumed = toy_task()
+    resumed.setup = lambda device: seen.append((device.type, weights(resumed.model).clone()))
+    fit(resumed, cfg(epochs=4, checkpoint_every=4), tmp_path, resume=True, quiet=True)
+    assert [d for d, _ in seen] == ["cpu", "cpu"]
+    assert torch.equal(seen[0][1], seen[1][1]), "setup sees the untrained weights, also when resuming"
+
+
+def online_task(seed: int = 0) -> Task:
+    """Batches produced during training: each step's targets are the model's own sampled predictions (as RL
+    samples completions from the policy); the plan holds only which rows to use."""
+    task = toy_task(seed=seed)
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 6, generator=g)
+
+    def batches(epoch):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(seed + epoch))
+        return [order[i : i + 8] for i in range(0, 64, 8)]
+
+    def collate(rows):
+        probs = torch.softmax(task.model(x[rows]), -1)  # sampling from the model being trained
+        return {"x": x[rows], "y": torch.multinomial(probs, 1)[:, 0], "n": len(rows), "examples": len(rows)}
+
+    task.batches, task.collate = batches, collate
+    return task
+
+
+def test_batches_sampled_from_the_model_being_trained_resume_exactly(tmp_path):
+    """A run stopped after step 10 (its last checkpoint: step 8) and resumed ends as one that never stopped
+    (a constant LR, so that the shorter run's schedule is the same)."""
+    full = online_task()
+    fit(full, cfg(checkpoint_every=4, schedule="constant"), tmp_path / "full", quiet=True)
+    cut = online_task()
+    fit(cut, cfg(checkpoint_every=4, schedule="constant", max_steps=10), tmp_path / "cut", quiet=True)
+    resumed = online_task()
+    torch.manual_seed(999)
+    fit(resumed, cfg(checkpoint_every=4, schedule="constant"), tmp_path / "cut", resume=True, quiet=True)
+    assert torch.equal(weights(full.model), weights(resumed.model))
+    assert not torch.equal(weights(full.model), weights(online_task().model))
+
+
 @pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt is what is tested")
 def test_big_blocks_get_their_own_mapping():
     """Once glibc's threshold has risen (here set to 32 MiB, its dynamic maximum), a 6 MiB block is carved from its
@@ -140,7 +203,7 @@ def test_big_blocks_get_their_own_mapping():
     mallinfo2's hblkhd counts the bytes in such mappings. A fresh process each, since mallopt is process-wide."""
     script = """
 import ctypes, sys, torch
-from tunesmith.train.loop import M_MMAP_THRESHOLD, map_big_blocks
+from tunesmith.train.memory import M_MMAP_THRESHOLD, map_big_blocks
 class MallInfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)

@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 from tunesmith.config import DataConfig, DedupConfig
 from tunesmith.data.clean import Cleaner
 from tunesmith.data.dedup import Deduper, dedup_key, minhashes
+from tunesmith.data.prepared import SPLITS, label_order
 from tunesmith.data.readers import read_records
 from tunesmith.data.shapes import Mapper, RowProblem, detect, identity, texts_of, with_texts
 from tunesmith.errors import TunesmithError
 
-SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -510,8 +510,6 @@ def carve(
 
 def check_labels(labels: dict[str, dict]) -> list[str]:
     """A classifier needs two classes in train, and no val/test label it never saw: fail before training."""
-    from tunesmith.data.classify import label_order
-
     names = set(labels.get("train", {}))
     if not names:
         raise TunesmithError("no training rows left after reading and filtering; check data.train and data.on_error")

@@ -4,22 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# Every score eval.json may hold, in the order they are shown, and whether lower is better.
-SCORES = (
-    ("accuracy", False),
-    ("macro_f1", False),
-    ("ece", True),
-    ("ece_calibrated", True),
-    ("loss", True),
-    ("perplexity", True),
-    ("rouge1", False),
-    ("rouge2", False),
-    ("rougeL", False),
-    ("bleu", False),
-    ("exact_match", False),
-    ("general_perplexity", True),
-)
-
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from tunesmith.eval.metrics import SCORES
+from tunesmith import methods
 from tunesmith.report import plots
 from tunesmith.runs import atomic_write
 
@@ -16,25 +17,40 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
 
 
+def _confusion(ev: dict, method) -> str:
+    return plots.confusion(ev["tuned"]["confusion"], ev["labels"])
+
+
+def _reliability(ev: dict, method) -> str:
+    curves = {
+        "tuned": ev["tuned"]["reliability"],
+        f"tuned, T={ev['temperature']:.2f}": ev["tuned"]["reliability_calibrated"],
+    }
+    if "baseline" in ev:
+        curves["baseline"] = ev["baseline"]["reliability"]
+    return plots.reliability_diagram(curves)
+
+
+def _before_after(ev: dict, method) -> str | None:
+    return plots.before_after(ev["baseline"], ev["tuned"], method.panels) if "baseline" in ev else None
+
+
+FIGURES = {"confusion": _confusion, "reliability": _reliability, "before_after": _before_after}  # Method.figures
+
+
 def write_report(run_dir: Path) -> Path:
+    """Every report has the training curves and the data; the method declares its scores and its figures."""
     ev = json.loads((run_dir / "eval.json").read_text())
+    config = (run_dir / "config.yaml").read_text()
+    method = methods.get(ev.get("method") or yaml.safe_load(config)["method"])
     data = json.loads((run_dir / "data" / "data_report.json").read_text())
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
     figures = {"loss": plots.loss_curves(metrics), "lengths": plots.length_histograms(data.get("chars", {}))}
-    if "perplexity" in ev.get("tuned", {}) and "baseline" in ev:
-        figures["before_after"] = plots.before_after(ev["baseline"], ev["tuned"])
-    if "confusion" in ev.get("tuned", {}):
-        figures["confusion"] = plots.confusion(ev["tuned"]["confusion"], ev["labels"])
-        curves = {
-            "tuned": ev["tuned"]["reliability"],
-            f"tuned, T={ev['temperature']:.2f}": ev["tuned"]["reliability_calibrated"],
-        }
-        if "baseline" in ev:
-            curves["baseline"] = ev["baseline"]["reliability"]
-        figures["reliability"] = plots.reliability_diagram(curves)
+    if "tuned" in ev:
+        figures |= {name: FIGURES[name](ev, method) for name in method.figures}
     env = Environment(loader=PackageLoader("tunesmith", "report"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
-        run=run_dir.name, config=(run_dir / "config.yaml").read_text(), ev=ev, data=data, figures=figures, scores=SCORES
+        run=run_dir.name, config=config, ev=ev, data=data, figures=figures, scores=method.scores
     )
     out = run_dir / "report.html"
     atomic_write(out, html)

@@ -91,15 +91,10 @@ def length_histograms(text_chars: dict) -> str | None:
     return _png(fig)
 
 
-PANELS = (
-    ("perplexity (lower is better)", ("perplexity", "general_perplexity")),
-    ("generation scores, 0-100 (higher is better)", ("rouge1", "rouge2", "rougeL", "bleu", "exact_match")),
-)
-
-
-def before_after(base: dict, tuned: dict) -> str | None:
-    """Bars of the base and the tuned model's scores side by side, perplexities and text scores apart."""
-    panels = [(title, [k for k in keys if k in tuned and k in base]) for title, keys in PANELS]
+def before_after(base: dict, tuned: dict, panels: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+    """Bars of the base and the tuned model's scores side by side, one panel per (title, keys) the method
+    declares, so that scores of different scales stay apart."""
+    panels = [(title, [k for k in keys if k in tuned and k in base]) for title, keys in panels]
     panels = [(t, keys) for t, keys in panels if keys]
     if not panels:
         return None
@@ -108,7 +103,7 @@ def before_after(base: dict, tuned: dict) -> str | None:
         at = range(len(keys))
         for shift, who, scores in ((-0.2, "base", base), (0.2, "tuned", tuned)):
             bars = ax.bar([x + shift for x in at], [scores[k] for k in keys], width=0.4, label=who)
-            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+            ax.bar_label(bars, fmt="%.3g", fontsize=8)
         ax.set_xticks(list(at), [k.replace("_", " ") for k in keys], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)

@@ -68,7 +68,7 @@ def _cpu_key() -> str:
 def cpu_bf16_is_faster_cached() -> bool:
     """Measured once per CPU model (in a child process, so that the probe's oneDNN state does not stay in
     the training process's memory) and remembered in $TUNESMITH_HOME/cpu_precision.json."""
-    from tunesmith.zoo import home
+    from tunesmith.models.zoo import home
 
     cache = home() / "cpu_precision.json"
     known = json.loads(cache.read_text()) if cache.is_file() else {}

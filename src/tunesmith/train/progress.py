@@ -21,21 +21,25 @@ class Progress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[extra]}"),
                 TextColumn("{task.fields[speed]:.1f} ex/s"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=self.console,
             )
-            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), speed=0.0)
+            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), speed=0.0, extra="")
             self.bar.start()
 
-    def update(self, step: int, loss: float, speed: float) -> None:
+    def update(self, step: int, loss: float, speed: float, metrics: dict[str, float] | None = None) -> None:
+        """The loss and a method's own training metrics (e.g. reward_margin), averaged since the last log line."""
+        extra = "  ".join(f"{k} {v:.4f}" for k, v in (metrics or {}).items())
         if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=loss, speed=speed)
+            self.bar.update(self.task, completed=step, loss=loss, speed=speed, extra=extra)
         elif not self.quiet and (step >= self.next_line or step == self.total):
             self.next_line = step + max(1, self.total // 10)
-            print(f"train step {step}/{self.total}  loss {loss:.4f}  {speed:.1f} ex/s", file=sys.stderr, flush=True)
+            line = f"train step {step}/{self.total}  loss {loss:.4f}  " + (f"{extra}  " if extra else "")
+            print(f"{line}{speed:.1f} ex/s", file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
         if not self.quiet:

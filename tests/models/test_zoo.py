@@ -1,7 +1,7 @@
 import pytest
 
-from tunesmith import zoo
 from tunesmith.errors import TunesmithError
+from tunesmith.models import zoo
 
 
 def test_missing_alias_package_names_the_pull_command(monkeypatch):

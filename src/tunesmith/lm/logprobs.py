@@ -1,0 +1,64 @@
+"""Log-probabilities of target tokens: summed as a loss (supervised tuning), per sequence (preference methods,
+distillation, RL), and the mean loss of a split. The LM head runs on the target positions only: full
+(B, T, vocab) logits of a 49k-token vocabulary would be most of the memory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunesmith.lm.tokens import IGNORE, Batch, Tokens
+
+
+def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, vocab) logits at the N target positions, their (N,) target ids, and the (N,) row of each."""
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE  # (B, T-1)
+    # Packed rows carry position_ids that restart per example and a block-diagonal causal mask (4D), so no token
+    # attends across an example boundary. (transformers' own detection of packing from position_ids alone did not
+    # take effect here: measured, the loss then matched the unmasked one.)
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch.get("attention_mask"),
+        "position_ids": batch.get("position_ids"),
+    }
+    if getattr(model.config, "final_logit_softcapping", None):  # logits are post-processed: take the full path
+        logits = model(**inputs).logits[:, :-1][keep]
+    else:
+        hidden = model.get_decoder()(**inputs).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, vocab)
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
+    return logits, labels[keep], rows
+
+
+def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Cross-entropy summed over target tokens; position t predicts token t+1."""
+    logits, targets, _ = target_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """(B,) log-probability of each row's targets (e.g. a response given its prompt), summed over its tokens."""
+    logits, targets, rows = target_logits(model, batch)
+    per_token = -F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    return torch.zeros(batch["labels"].shape[0], device=per_token.device).index_add_(0, rows, per_token)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, data: Tokens, batch_size: int = 8) -> float:
+    """Mean loss per target token over a split (its exp is the perplexity). The model should be in eval mode."""
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    order = np.argsort(-data.lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        b = data.collate(order[i : i + batch_size])
+        total += token_loss(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}).item()
+        n += b["n"]
+    return total / max(n, 1)
+
+
+def loss_metrics(loss: float) -> dict[str, float]:
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

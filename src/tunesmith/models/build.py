@@ -1,0 +1,76 @@
+"""A base model made ready to train: a sequence-classification head or a causal LM, its dropout, LoRA, and
+frozen embeddings. Every method builds its model here, so these choices mean the same thing everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tunesmith.config import LoraConfig, TrainConfig
+from tunesmith.models import zoo
+
+HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler")  # parameter-name parts of a fresh head
+
+
+def set_dropout(config, p: float) -> None:
+    """Every dropout probability in a transformers config (names differ per architecture)."""
+    for key, value in config.to_dict().items():
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, p)
+
+
+def add_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str) -> torch.nn.Module:
+    """peft's LoRA on the named modules (or all linear layers); task_type is peft's: SEQ_CLS or CAUSAL_LM."""
+    from peft import LoraConfig as PeftLora
+    from peft import TaskType, get_peft_model
+
+    zoo.quiet_transformers()
+    peft_cfg = PeftLora(
+        task_type=TaskType[task_type],
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.targets,
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def build_classifier(
+    model_dir: Path, labels: list[str], *, dropout: float | None = None, lora: LoraConfig | None = None
+) -> torch.nn.Module:
+    """An encoder (or any model with a sequence-classification head) with a fresh head over `labels`."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    zoo.quiet_transformers()
+    config = AutoConfig.from_pretrained(
+        model_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    if dropout is not None:
+        set_dropout(config, dropout)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
+    if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return add_lora(model, lora, "SEQ_CLS") if lora else model
+
+
+def build_causal_lm(
+    model_dir: Path, *, dropout: float | None = None, lora: LoraConfig | None = None
+) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    zoo.quiet_transformers()
+    config = AutoConfig.from_pretrained(model_dir)
+    if dropout is not None:
+        set_dropout(config, dropout)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
+    return add_lora(model, lora, "CAUSAL_LM") if lora else model
+
+
+def freeze_embeddings(model: torch.nn.Module, train: TrainConfig, lora: LoraConfig | None) -> None:
+    """train.freeze_embeddings: the input token embeddings stay as pretrained (LoRA freezes them anyway)."""
+    if train.freeze_embeddings and lora is None:
+        model.get_input_embeddings().weight.requires_grad_(False)

@@ -1,0 +1,72 @@
+"""A run's model/ folder: written whole or not at all, and read back as a classifier or a causal LM.
+
+tunesmith.json beside the weights says what the folder holds: its kind (classifier or causal-lm), the base
+model, and what inference needs (labels, temperature, max_length).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import TunesmithError
+from tunesmith.models import zoo
+
+CLASSIFIER, CAUSAL_LM = "classifier", "causal-lm"
+
+
+def save_model(model, tokenizer, meta: dict, out: Path) -> None:
+    """model/ appears whole or not at all: written to model.tmp/ and renamed."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def read_meta(model_dir: Path) -> dict:
+    meta = json.loads((model_dir / "tunesmith.json").read_text())
+    meta.setdefault("kind", CLASSIFIER if "labels" in meta else CAUSAL_LM)  # runs saved before "kind" existed
+    return meta
+
+
+def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
+    """A saved classifier (full weights, or base + LoRA adapter) in eval mode, its tokenizer and tunesmith.json."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunesmith.models.build import build_classifier
+
+    zoo.quiet_transformers()
+    meta = read_meta(model_dir)
+    if meta["kind"] != CLASSIFIER:
+        raise TunesmithError(
+            f"{model_dir.parent}: a {meta['method']} run is a text generator, not a classifier; "
+            f"use tunesmith generate or tunesmith chat (its test scores are in eval.json)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if meta["lora"]:
+        from peft import PeftModel
+
+        base = build_classifier(zoo.resolve(meta["base_model"]), meta["labels"])
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval(), tokenizer, meta
+
+
+def load_causal_lm(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
+    """A saved causal LM (LoRA merged at save time) in eval mode, its tokenizer and tunesmith.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    zoo.quiet_transformers()
+    meta = read_meta(model_dir)
+    if meta["kind"] != CAUSAL_LM:
+        raise TunesmithError(f"{model_dir.parent}: a {meta['method']} run has no text generator; use tunesmith predict")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(model_dir), meta

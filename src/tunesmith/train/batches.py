@@ -1,0 +1,22 @@
+"""The order of training examples: shuffled per epoch, and grouped by length so that batches pad little."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def order_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool) -> list[np.ndarray]:
+    """Shuffled batches. With grouping, the shuffled rows are cut into windows of about 50 batches, each
+    sorted by length so that a batch pads little, and the batches are then shuffled again so that lengths do
+    not drift through the epoch. The longest batch of all comes first: out-of-memory shows at step 1."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        parts = np.array_split(order, max(1, -(-len(order) // (batch_size * 50))))
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in parts])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
+        batches[0], batches[longest] = batches[longest], batches[0]
+    return batches

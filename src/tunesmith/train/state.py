@@ -1,0 +1,56 @@
+"""Where the loop is (saved in every checkpoint, so resume continues exactly) and what it hands back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimiser steps done
+    epoch: int = 0
+    batch: int = 0  # micro-batches of this epoch's plan done
+    examples: int = 0
+    train_seconds: float = 0.0
+    precision: str = "fp32"
+    best: float | None = None  # best value of the early-stopping metric
+    best_metrics: dict | None = None  # the validation metrics of that evaluation, with its step
+    bad_evals: int = 0  # evaluations since the best one
+    last_eval: dict | None = None
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs_done: float
+    examples: int
+    train_seconds: float
+    precision: str
+    precision_reason: str
+    device: str
+    best: dict | None = None  # validation metrics of the restored best evaluation
+    last_eval: dict | None = None
+    stopped_early: bool = False
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.train_seconds if self.train_seconds else 0.0
+
+    def summary(self) -> dict:
+        """eval.json's "train" section."""
+        return {
+            "steps": self.steps,
+            "epochs": round(self.epochs_done, 3),
+            "examples": self.examples,
+            "seconds": round(self.train_seconds, 2),
+            "examples_per_s": round(self.examples_per_s, 2),
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "device": self.device,
+            "stopped_early": self.stopped_early,
+            "best_val": self.best,
+        }

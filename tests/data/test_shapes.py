@@ -172,6 +172,13 @@ def test_preference_without_a_shared_prompt():
         split_shared_prefix("\n\nHuman: a\n\nAssistant: b", "\n\nHuman: a\n\nAssistant: b")
 
 
+def test_a_prompt_chosen_rejected_row_with_the_same_reply_names_its_line(tmp_path):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "same ", "rejected": "same"}]
+    path = write_jsonl(tmp_path / "p.jsonl", rows * 3)
+    with pytest.raises(TunesmithError, match=r"p\.jsonl:2: chosen and rejected are the same reply"):
+        run(tmp_path, train=path)
+
+
 def test_bad_rows_are_errors_with_line_or_skipped_and_counted(tmp_path):
     chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     rows = [chat] * 1 + [

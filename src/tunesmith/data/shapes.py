@@ -108,7 +108,10 @@ class Mapper:
                 if isinstance(prompt, list)
                 else [{"role": "user", "content": _string(prompt, self.fields["prompt"])}]
             )
-            return {"prompt": turns, "chosen": _reply(chosen, "chosen"), "rejected": _reply(rejected, "rejected")}
+            better, worse = _reply(chosen, "chosen"), _reply(rejected, "rejected")
+            if better.strip() == worse.strip():
+                raise RowProblem("chosen and rejected are the same reply")
+            return {"prompt": turns, "chosen": better, "rejected": worse}
         return split_shared_prefix(chosen, rejected)
 
 

@@ -1,0 +1,223 @@
+"""Direct preference optimisation (Rafailov et al., 2023): a causal LM learns to prefer the chosen reply over
+the rejected one, by more than the untuned model (the reference) did, with the sigmoid loss
+
+    loss = -log sigmoid(beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))))
+
+on the reply tokens only. The reference is never a second copy of the model: under LoRA it is the same model
+with the adapter switched off; under full fine-tuning its log-probabilities are computed once, before training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from tunesmith.config import RunConfig, Strict
+from tunesmith.data.prepared import read_rows
+from tunesmith.errors import TunesmithError
+from tunesmith.lm.logprobs import sequence_logprobs
+from tunesmith.lm.tokens import IGNORE, encode, has_targets, no_target_error, pad_rows
+from tunesmith.methods import Method
+from tunesmith.models import zoo
+from tunesmith.models.build import build_causal_lm, freeze_embeddings
+from tunesmith.models.saved import CAUSAL_LM, save_model
+from tunesmith.train.batches import order_batches
+from tunesmith.train.loop import Batch, Task, fit
+
+
+class DpoConfig(Strict):
+    beta: float = Field(0.1, gt=0)  # how far the model may move from the reference: higher keeps it closer
+
+
+def _cut(ids: list[int], targets: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """The last max_length tokens: a long prompt loses its start, so that the reply (at the end) stays."""
+    return ids[-max_length:], targets[-max_length:]
+
+
+class Pairs:
+    """Token ids and reply targets of the chosen and the rejected conversation of each pair in one split."""
+
+    def __init__(self, tokenizer, rows: list[dict], max_length: int, *, split: str = "", on_error: str = "fail"):
+        self.chosen: list[tuple[list[int], list[int]]] = []
+        self.rejected: list[tuple[list[int], list[int]]] = []
+        self.truncated = self.dropped = self.same = 0
+        for n, row in enumerate(rows):
+            sides = []
+            for reply in (row["chosen"], row["rejected"]):
+                conversation = {"messages": [*row["prompt"], {"role": "assistant", "content": reply}]}
+                ids, targets = encode(tokenizer, conversation, "chat")
+                self.truncated += len(ids) > max_length
+                sides.append(_cut(ids, targets, max_length))
+            if not all(has_targets(t) for _, t in sides):
+                if on_error == "fail":
+                    raise no_target_error(split, n, max_length)
+                self.dropped += 1
+                continue
+            if sides[0][0] == sides[1][0]:
+                if on_error == "fail":
+                    raise TunesmithError(
+                        f"{split} pair {n + 1} (data/{split}.parquet): chosen and rejected are the same tokens, so "
+                        f"there is no preference to learn; fix the row, or set data.on_error: skip to skip and count"
+                    )
+                self.same += 1
+                continue
+            self.chosen.append(sides[0])
+            self.rejected.append(sides[1])
+        self.lengths = np.array([max(len(c[0]), len(r[0])) for c, r in zip(self.chosen, self.rejected)], np.int64)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.ref: torch.Tensor | None = None  # (N, 2) reference log-probs of chosen, rejected, once computed
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def collate(self, idx) -> Batch:
+        """(2B, T): the B chosen conversations, then their B rejected ones."""
+        sides = [self.chosen[i] for i in idx] + [self.rejected[i] for i in idx]
+        input_ids, mask = pad_rows([ids for ids, _ in sides], self.pad_id)
+        labels, _ = pad_rows([t for _, t in sides], IGNORE)
+        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "n": len(idx), "examples": len(idx)}
+        if self.ref is not None:
+            batch["ref"] = self.ref[torch.as_tensor(np.asarray(idx))].T.reshape(-1)  # (2B,) chosen then rejected
+        return batch
+
+    def report(self) -> dict:
+        return {"pairs": len(self), "truncated_sequences": self.truncated, "dropped_no_target_left": self.dropped,
+                "dropped_same_reply": self.same}  # fmt: skip
+
+
+def dpo_loss(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The sigmoid DPO loss summed over B pairs, from (2B,) log-probs (chosen then rejected), with the metrics
+    logged each step (summed too: the loop averages both)."""
+    chosen, rejected = policy.chunk(2)
+    ref_chosen, ref_rejected = ref.chunk(2)
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))  # (B,) implicit reward of chosen - rejected
+    metrics = {
+        "reward_margin": margin.sum().detach(),
+        "reward_accuracy": (margin > 0).float().sum(),
+        "logp_chosen": chosen.sum().detach(),
+        "logp_rejected": rejected.sum().detach(),
+    }
+    return -F.logsigmoid(margin).sum(), metrics
+
+
+def reference_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Precomputed (full fine-tuning), or the same model with its LoRA adapter switched off."""
+    if "ref" in batch:
+        return batch["ref"]
+    with torch.no_grad(), model.disable_adapter():
+        return sequence_logprobs(model, batch)
+
+
+@torch.no_grad()
+def logprobs(model: torch.nn.Module, pairs: Pairs, batch_size: int) -> torch.Tensor:
+    """(N, 2) log-probs of each pair's chosen and rejected reply; the model should be in eval mode."""
+    device = next(model.parameters()).device
+    out = torch.zeros(len(pairs), 2)
+    order = np.argsort(-pairs.lengths, kind="stable")
+    for at in range(0, len(order), batch_size):
+        idx = order[at : at + batch_size]
+        b = pairs.collate(idx)
+        lp = sequence_logprobs(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+        out[torch.as_tensor(idx)] = lp.float().cpu().reshape(2, -1).T
+    return out
+
+
+def scores(policy: torch.Tensor, ref: torch.Tensor | None, beta: float) -> dict[str, float]:
+    """Over (N, 2) log-probs: how often the model itself puts the chosen reply above the rejected one (comparable
+    between tuned and untuned), and, against a reference, DPO's implicit-reward accuracy, margin and loss."""
+    gap = policy[:, 0] - policy[:, 1]
+    out = {"preference_accuracy": float((gap > 0).float().mean()), "logp_margin": float(gap.mean())}
+    if ref is not None:
+        margin = beta * (gap - (ref[:, 0] - ref[:, 1]))
+        out |= {"reward_accuracy": float((margin > 0).float().mean()), "reward_margin": float(margin.mean()),
+                "loss": float(-F.logsigmoid(margin).mean())}  # fmt: skip
+    return out
+
+
+def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -> Task:
+    t, beta, train, val = cfg.train, cfg.section().beta, pairs["train"], pairs.get("val")
+
+    def setup(device: torch.device) -> None:
+        """Reference log-probs of the untrained model: for every split under full fine-tuning, for val alone
+        under LoRA (training batches switch the adapter off instead)."""
+        model.eval()
+        for name, split in pairs.items():
+            if cfg.lora is None or name != "train":
+                split.ref = logprobs(model, split, t.batch_size)
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)
+
+    def loss(m: torch.nn.Module, batch: Batch):
+        return dpo_loss(sequence_logprobs(m, batch), reference_logprobs(m, batch), beta)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        return scores(logprobs(m, val, t.batch_size), val.ref, beta)
+
+    return Task(model=model, batches=batches, loss=loss, collate=train.collate, setup=setup,
+                evaluate=evaluate if val is not None and len(val) else None)  # fmt: skip
+
+
+# ---- the recipe: read top to bottom ---------------------------------------------------------------------
+
+
+def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> dict:
+    """Prepared pairs -> untuned scores -> DPO -> save model/ (LoRA merged) -> tuned scores on the same pairs."""
+    from transformers import AutoTokenizer
+
+    model_dir = zoo.resolve(cfg.model)
+    zoo.quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = read_rows(run_dir / "data")
+    pairs = {name: Pairs(tokenizer, split, cfg.train.max_length, split=name, on_error=cfg.data.on_error)
+             for name, split in rows.items()}  # fmt: skip
+    if not len(pairs["train"]):
+        raise TunesmithError(f"no training pair is left within train.max_length={cfg.train.max_length}")
+    torch.manual_seed(cfg.train.seed)
+    model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
+    freeze_embeddings(model, cfg.train, cfg.lora)
+    result = fit(make_task(model, pairs, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
+    beta = cfg.section().beta
+    report = {"beta": beta, "data": {name: p.report() for name, p in pairs.items()}, "train": result.summary()}
+    test = pairs.get("test")
+    if test is not None and len(test):
+        model.eval()
+        report |= {
+            "test_rows": len(test),
+            "tuned": scores(logprobs(model, test, cfg.train.batch_size), test.ref, beta),
+            "reward_note": "implicit rewards are beta * log(tuned / untuned): the untuned model's are all zero",
+        }
+        if cfg.eval.baseline:
+            report["baseline"] = scores(test.ref, None, beta)
+    if cfg.lora:
+        model = model.merge_and_unload()
+    meta = {"method": cfg.method, "kind": CAUSAL_LM, "base_model": cfg.model, "base_path": str(model_dir),
+            "max_length": cfg.train.max_length, "lora_merged": cfg.lora is not None}  # fmt: skip
+    save_model(model, tokenizer, meta, run_dir / "model")
+    return report
+
+
+METHODS = (
+    Method(
+        name="dpo",
+        summary="preference tuning of a causal LM (DPO): chosen over rejected replies, the untuned model as reference",
+        shapes=("preference",),
+        run=run,
+        scores=(
+            ("preference_accuracy", False),
+            ("logp_margin", False),
+            ("reward_accuracy", False),
+            ("reward_margin", False),
+            ("loss", True),
+        ),  # fmt: skip
+        val_metrics=("loss", "reward_accuracy", "reward_margin", "preference_accuracy"),
+        headline=("preference_accuracy",),
+        section=DpoConfig,
+        figures=("before_after",),
+        panels=(("preference accuracy on held-out pairs", ("preference_accuracy",)),),
+    ),
+)

@@ -147,7 +147,7 @@ def _default_method() -> str:
 
 
 class RunConfig(Strict):
-    """The core keys, plus the method's own section under its name (e.g. `dpo: {beta: 0.1}`), which the method
+    """The core keys, plus the method's own section under its name (e.g. `<method>: {beta: 0.1}`), which the method
     declares (methods/) and which is checked here, at load time, like every other key."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)  # extra keys: the method's section only

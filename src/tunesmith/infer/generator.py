@@ -91,10 +91,6 @@ class Generator:
         model, tokenizer, _ = load_causal_lm(model_dir(run))
         return cls(model, tokenizer)
 
-    def _encode(self, conversations: list[list[dict]]) -> list[list[int]]:
-        texts = [prompt_text(self.tokenizer, c) for c in conversations]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-
     @torch.no_grad()
     def replies(
         self, conversations: list[list[dict]], sampling: Sampling = Sampling(), *, batch_size: int = 16
@@ -120,7 +116,7 @@ class Generator:
         """The next assistant reply, piece by piece as it is generated, ending before the first stop string."""
         from transformers import TextIteratorStreamer
 
-        ids = self._encode([conversation])[0]
+        ids = self.tokenizer(prompt_text(self.tokenizer, conversation), add_special_tokens=False)["input_ids"]
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -91,15 +91,8 @@ class Tokens:
         return len(self.ids)
 
     def collate(self, idx) -> Batch:
-        width = int(self.lengths[idx].max())
-        input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)  # (B, T)
-        labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = self.lengths[i]
-            input_ids[row, :n] = torch.tensor(self.ids[i])
-            labels[row, :n] = torch.tensor(self.targets[i])
-            mask[row, :n] = 1
+        input_ids, mask = pad_rows([self.ids[i] for i in idx], self.pad_id)  # (B, T)
+        labels, _ = pad_rows([self.targets[i] for i in idx], IGNORE)
         n_targets = int((labels[:, 1:] != IGNORE).sum())
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "n": n_targets, "examples": len(idx)}
 

@@ -148,7 +148,7 @@ def evaluate(
     cfg = load_config(run_dir / "config.yaml")
     changed = {
         "train": str(data), "val": None, "test": None, "format": "auto", "delimiter": None, "columns": None,
-        "split_column": None, "on_error": on_error, "max_rows": None, "sample": None, "shape": METHODS[0].shapes[0],
+        "split_column": None, "on_error": on_error, "max_rows": None, "sample": None, "shape": "classify",
         "text": text or cfg.data.text, "label": label or cfg.data.label, "dedup": {"exact": False, "near": False},
     }  # fmt: skip
     data_cfg = DataConfig(**(cfg.data.model_dump() | changed))

@@ -24,7 +24,7 @@ from tunesmith.lm.tokens import IGNORE, encode, has_targets, no_target_error, pa
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
-from tunesmith.models.saved import CAUSAL_LM, save_model
+from tunesmith.models.saved import save_causal_lm
 from tunesmith.train.batches import order_batches
 from tunesmith.train.loop import Batch, Task, fit
 
@@ -193,11 +193,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         }
         if cfg.eval.baseline:
             report["baseline"] = scores(test.ref, None, beta)
-    if cfg.lora:
-        model = model.merge_and_unload()
-    meta = {"method": cfg.method, "kind": CAUSAL_LM, "base_model": cfg.model, "base_path": str(model_dir),
-            "max_length": cfg.train.max_length, "lora_merged": cfg.lora is not None}  # fmt: skip
-    save_model(model, tokenizer, meta, run_dir / "model")
+    save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
     return report
 
 

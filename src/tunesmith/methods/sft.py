@@ -20,7 +20,7 @@ from tunesmith.lm.tokens import Packed, Tokens, text_windows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
-from tunesmith.models.saved import CAUSAL_LM, save_model
+from tunesmith.models.saved import save_causal_lm
 from tunesmith.train.batches import order_batches
 from tunesmith.train.loop import Task, fit
 
@@ -112,17 +112,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     base = scores(model) if cfg.eval.baseline else None
     task = make_task(model, tokens["train"], tokens.get("val"), cfg)
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
-    if cfg.lora:
-        model = model.merge_and_unload()
-    meta = {
-        "method": cfg.method,
-        "kind": CAUSAL_LM,
-        "base_model": cfg.model,
-        "base_path": str(model_dir),
-        "max_length": cfg.train.max_length,
-        "lora_merged": cfg.lora is not None,
-    }
-    save_model(model, tokenizer, meta, run_dir / "model")
+    model = save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
     report = {"data": {name: tok.report() for name, tok in tokens.items()}, "train": result.summary()}
     tuned = scores(model)
     if tuned:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.models import zoo
+from tunesmith.models.build import build_classifier
 
 CLASSIFIER, CAUSAL_LM = "classifier", "causal-lm"
 
@@ -30,6 +32,23 @@ def save_model(model, tokenizer, meta: dict, out: Path) -> None:
     os.replace(tmp, out)
 
 
+def save_causal_lm(model, tokenizer, cfg: RunConfig, base_path: Path, out: Path) -> torch.nn.Module:
+    """A trained causal LM as a plain transformers folder: a LoRA adapter is merged first. Returns the model
+    saved (the merged one under LoRA), which is what later scoring must use."""
+    if cfg.lora:
+        model = model.merge_and_unload()
+    meta = {
+        "method": cfg.method,
+        "kind": CAUSAL_LM,
+        "base_model": cfg.model,
+        "base_path": str(base_path),
+        "max_length": cfg.train.max_length,
+        "lora_merged": cfg.lora is not None,
+    }
+    save_model(model, tokenizer, meta, out)
+    return model
+
+
 def read_meta(model_dir: Path) -> dict:
     meta = json.loads((model_dir / "tunesmith.json").read_text())
     meta.setdefault("kind", CLASSIFIER if "labels" in meta else CAUSAL_LM)  # runs saved before "kind" existed
@@ -39,8 +58,6 @@ def read_meta(model_dir: Path) -> dict:
 def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
     """A saved classifier (full weights, or base + LoRA adapter) in eval mode, its tokenizer and tunesmith.json."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from tunesmith.models.build import build_classifier
 
     zoo.quiet_transformers()
     meta = read_meta(model_dir)

@@ -1,7 +1,8 @@
 import pytest
 
 from tunesmith.errors import TunesmithError
-from tunesmith.runs import Registry, atomic_write, new_run_dir
+from tunesmith.files import atomic_write
+from tunesmith.runs import Registry, new_run_dir
 
 
 def test_registry_lifecycle(tmp_path):

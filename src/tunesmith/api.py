@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import traceback
 import warnings
 from pathlib import Path
@@ -14,10 +13,11 @@ from tunesmith import methods
 from tunesmith.config import RunConfig, config_from_dict, dump_config, load_config
 from tunesmith.data.prepare import prepare
 from tunesmith.errors import ReportNotWritten, TunesmithError
+from tunesmith.files import write_json
 from tunesmith.infer.classifier import Classifier
 from tunesmith.infer.generator import ChatSession, Generator, Sampling
 from tunesmith.models import zoo
-from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir, write_json
+from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir
 
 
 def train(
@@ -54,7 +54,6 @@ def train(
         report = {"method": cfg.method} | method.run(cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
-        shutil.rmtree(run_dir / "model.tmp", ignore_errors=True)
         message = str(err) if isinstance(err, TunesmithError) else f"{type(err).__name__}: {err}"
         registry.finish(run_dir, "failed", error=message)
         if not isinstance(err, TunesmithError):
@@ -84,13 +83,18 @@ def _write_report(run_dir: Path) -> None:
 
 
 def prepare_data(
-    config: str | Path | RunConfig | dict, overrides: list[str] | None = None, *, out: str | Path | None = None
+    config: str | Path | RunConfig | dict,
+    overrides: list[str] | None = None,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Read, check and split the data as `train` would, without training: Parquet splits and data_report.json
-    in `out` (default: <output_dir>/<name>-data-<timestamp>). Returns that folder."""
+    in `out` (default: <output_dir>/<name>-data-<timestamp>). Returns that folder. An existing `out` is replaced
+    only with `overwrite`, and only if prepare wrote it."""
     cfg = _as_config(config, overrides)
-    folder = Path(out) if out else new_run_dir(cfg.output_dir, f"{cfg.name}-data")
-    prepare(cfg.data, cfg.train.seed, folder, tokenizer=_tokenizer_of(cfg))
+    folder = Path(out).resolve() if out else new_run_dir(cfg.output_dir, f"{cfg.name}-data")
+    prepare(cfg.data, cfg.train.seed, folder, tokenizer=_tokenizer_of(cfg), overwrite=overwrite)
     return folder
 
 

@@ -82,9 +82,12 @@ def prepare(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for the prepared splits (default: under output_dir).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out if it holds an earlier prepare's output (and nothing else).")
+    ] = False,
 ):
     """Read, check and split the data without training; print what was kept, skipped and removed."""
-    folder = _api().prepare_data(config, set_ or [], out=out_dir)
+    folder = _api().prepare_data(config, set_ or [], out=out_dir, overwrite=overwrite)
     report = json.loads((folder / "data_report.json").read_text())
     names = report.get("label_names", [])
     table = Table(title=f"prepared splits ({report['shape']})")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, close_match
 
 
 class Strict(BaseModel):
@@ -182,20 +182,16 @@ class RunConfig(Strict):
         for key in list(extra):
             if key == method.name and method.section is not None:
                 continue
-            owner = key in methods.registry() and methods.get(key).section is not None
+            if key in methods.registry() and methods.get(key).section is not None:
+                raise ValueError(f"{key}: a section of method {key}, but method is {method.name}")
             raise ValueError(
-                f"{key}: "
-                + (
-                    f"a section of method {key}, but method is {method.name}"
-                    if owner
-                    else "unknown key (check the spelling; see the config reference in README.md)"
-                )
+                unknown_key(key, [*type(self).model_fields, *[method.name] * (method.section is not None)])
             )
         if method.section is not None:
             try:
                 extra[method.name] = method.section.model_validate(extra.get(method.name) or {})
             except ValidationError as err:
-                raise ValueError("\n  ".join(_lines(err, prefix=method.name))) from None
+                raise ValueError("\n  ".join(_lines(err, prefix=method.name, root=method.section))) from None
         for key in sorted(methods.method_options() - method.options):
             section, field = key.split(".")
             model = getattr(self, section)
@@ -218,12 +214,12 @@ class RunConfig(Strict):
         return self.__pydantic_extra__.get(self.method)
 
 
-def _lines(err: ValidationError, prefix: str = "") -> list[str]:
+def _lines(err: ValidationError, prefix: str = "", root: type[BaseModel] | None = None) -> list[str]:
     lines = []
     for e in err.errors():
         key = ".".join([prefix] * bool(prefix) + [str(p) for p in e["loc"]])
         if e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (check the spelling; see the config reference in README.md)")
+            lines.append(unknown_key(key, _keys_at(root or RunConfig, e["loc"][:-1])))
         elif e["type"] == "missing":
             lines.append(f"{key}: required but missing")
         elif e["type"] == "value_error" and not key:  # a check across keys: its message names them
@@ -231,6 +227,25 @@ def _lines(err: ValidationError, prefix: str = "") -> list[str]:
         else:
             lines.append(f"{key or '(top level)'}: {e['msg']} (got {e.get('input')!r})")
     return lines
+
+
+def unknown_key(key: str, known: list[str]) -> str:
+    """ "train.epoch: unknown key; did you mean train.epochs?" """
+    head, _, last = key.rpartition(".")
+    close = close_match(last, known)
+    hint = f"did you mean {head + '.' if head else ''}{close}?" if close else "see the config reference in README.md"
+    return f"{key}: unknown key; {hint}"
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed in the section at `loc` (e.g. ("train", "early_stopping")) of `model`."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        kinds = (field.annotation, *get_args(field.annotation)) if field else ()
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
 
 
 def _explain(err: ValidationError, source: str) -> TunesmithError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from contextlib import closing
@@ -30,26 +29,22 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write beside the target and rename over it: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str))
-
-
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """A new folder <output_dir>/<name>-<timestamp>[-n]; two jobs starting in the same second get two."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(output_dir).resolve() / f"{name}-{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
+    root = Path(output_dir).resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            path = root / (f"{name}-{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise TunesmithError(f"output_dir {output_dir}: cannot create a run folder there ({err.strerror})") from None
+    raise TunesmithError(f"output_dir {output_dir}: too many runs named {name} in one second")
 
 
 def config_hash(text: str) -> str:

@@ -11,7 +11,7 @@ from tunesmith.errors import TunesmithError
 
 
 def run(tmp_path, seed=0, tokenizer=None, **data):
-    report = prepare(DataConfig(**data), seed, tmp_path / "out", tokenizer=tokenizer)
+    report = prepare(DataConfig(**data), seed, tmp_path / "out", tokenizer=tokenizer, overwrite=True)
     return report, {s: pq.read_table(tmp_path / "out" / f"{s}.parquet").to_pylist() for s in report["rows"]}
 
 
@@ -121,7 +121,7 @@ def test_label_names_sort_numbers_numerically():
 
 def test_missing_column_names_the_columns(fixtures, tmp_path):
     with pytest.raises(
-        TunesmithError, match=r"column 'text' not found for data shape classify; the columns are: sentence, label"
+        TunesmithError, match=r"column 'text' \(data.text\) not found; the columns are: sentence, label"
     ):
         run(tmp_path, train=str(fixtures / "sst2_train.tsv"), shape="classify", text="text")
     report, _ = run(tmp_path, train=str(fixtures / "sst2_train.tsv"))  # "sentence" is a known name for the text

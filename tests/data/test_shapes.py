@@ -11,7 +11,7 @@ from tunesmith.errors import TunesmithError
 
 def run(tmp_path, tokenizer=None, **data):
     data = {"val_fraction": 0, "test_fraction": 0} | data
-    report = prepare(DataConfig(**data), 0, tmp_path / "out", tokenizer=tokenizer)
+    report = prepare(DataConfig(**data), 0, tmp_path / "out", tokenizer=tokenizer, overwrite=True)
     return report, pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
 
 
@@ -79,7 +79,7 @@ def test_a_test_file_of_reference_answers_keeps_them_all(fixtures, tmp_path):
     assert test[0]["response"] == given[0]["summary1"]
     train = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
     assert all(r["references"] == [r["response"]] for r in train)
-    with pytest.raises(TunesmithError, match="column 'summary' not found for data shape instruction"):
+    with pytest.raises(TunesmithError, match=r"column 'summary' \(data.response\) not found"):
         prepare(
             DataConfig(
                 train=str(fixtures / "dialogsum_20.jsonl"),

@@ -10,7 +10,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from tunesmith.data.prepared import SPLITS, label_order
 from tunesmith.data.readers import read_records
 from tunesmith.data.shapes import Mapper, RowProblem, detect, identity, texts_of, with_texts
 from tunesmith.errors import TunesmithError
+from tunesmith.files import is_empty_dir, staged_dir
 
 SPLIT_NAMES = {
     "train": "train",
@@ -539,17 +539,39 @@ def length_stats(lengths: np.ndarray, bins: int = 20) -> dict:
     }
 
 
-def prepare(cfg: DataConfig, seed: int, out: Path, tokenizer: Callable[[], Any] | None = None) -> dict:
-    """Prepare the data into `out` (train/val/test.parquet, data_report.json); the folder is complete or absent."""
+OUTPUTS = frozenset({f"{s}.parquet" for s in SPLITS} | {"data_report.json"})
+
+
+def prepare(
+    cfg: DataConfig, seed: int, out: Path, tokenizer: Callable[[], Any] | None = None, *, overwrite: bool = False
+) -> dict:
+    """Prepare the data into `out` (train/val/test.parquet, data_report.json): the folder appears whole or not at
+    all. An existing non-empty `out` is an error; with `overwrite`, one that prepare wrote (and nothing else) is
+    replaced."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _check_destination(out, overwrite)
     try:
-        report = Preparer(cfg, seed, tokenizer).run(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return report
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TunesmithError(f"{out}: cannot create its folder ({err.strerror})") from None
+    with staged_dir(out, replace=overwrite, fault="prepare") as tmp:
+        return Preparer(cfg, seed, tokenizer).run(tmp)
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TunesmithError(f"{out}: exists and is not a folder; give another output folder")
+    if not out.exists() or is_empty_dir(out):
+        return
+    if not overwrite:
+        raise TunesmithError(
+            f"{out}: exists and is not empty; give a new folder, or --overwrite to replace a folder that "
+            "tunesmith prepare wrote"
+        )
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
+    if foreign or not (out / "data_report.json").is_file():
+        held = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "") if foreign else "no data_report.json"
+        raise TunesmithError(
+            f"{out}: --overwrite replaces only a folder that tunesmith prepare wrote, and this one holds {held}; "
+            "nothing was changed. Give a new folder."
+        )

@@ -10,11 +10,13 @@ Canonical examples (the columns of the prepared Parquet files):
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 from tunesmith.config import SHAPES, DataConfig
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, close_match
 
 KNOWN = {
     "text": ("text", "sentence", "content", "document", "review", "utterance", "tweet", "body"),
@@ -43,6 +45,7 @@ ROLES = {
     "model": "assistant",
     "chatbot": "assistant",
 }
+MISSING_LABELS = {"", "nan", "none", "null"}
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
@@ -65,11 +68,7 @@ class Mapper:
 
     def _classify(self, row: dict) -> dict:
         text, label = row[self.fields["text"]], row[self.fields["label"]]
-        if label is None or isinstance(label, (dict, list)) or not str(label).strip():
-            raise RowProblem(f"missing or invalid label in {self.fields['label']!r}")
-        if isinstance(label, float) and label.is_integer():
-            label = int(label)
-        return {"text": _string(text, self.fields["text"]), "label": str(label).strip()}
+        return {"text": _string(text, self.fields["text"]), "label": label_name(label, self.fields["label"])}
 
     def _text(self, row: dict) -> dict:
         return {"text": _string(row[self.fields["text"]], self.fields["text"])}
@@ -113,6 +112,28 @@ class Mapper:
                 raise RowProblem("chosen and rejected are the same reply")
             return {"prompt": turns, "chosen": better, "rejected": worse}
         return split_shared_prefix(chosen, rejected)
+
+
+def label_name(value, field: str) -> str:
+    """One rule for every label, from any file format: empty, NaN and None (or "nan", "none", "null") are a
+    malformed row, never a class; labels equal as numbers (0, "0", 0.0, "0.0") are one class, named like an
+    integer where they are one."""
+    if value is None or isinstance(value, (dict, list)):
+        raise RowProblem(f"missing or invalid label in {field!r}: {value!r}")
+    text = str(value).strip()
+    if text.lower() in MISSING_LABELS or (isinstance(value, float) and math.isnan(value)):
+        raise RowProblem(f"missing label in {field!r}: {value!r}")
+    if isinstance(value, bool):
+        return text
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return text
+    if number.is_nan():
+        raise RowProblem(f"missing label in {field!r}: {value!r}")
+    if not number.is_finite():
+        return text
+    return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
 
 
 def _string(value, field: str) -> str:
@@ -197,7 +218,9 @@ def _find(row: dict, canonical: str, given: str | None) -> str | None:
 
 
 def detect(row: dict, cfg: DataConfig, where: str) -> Mapper:
-    """The shape and field names, from the config or else from the first row's field names."""
+    """The shape and field names, from the config or else from the first row's field names. A column the
+    config names must exist: a typo never turns into another shape."""
+    _check_named_columns(row, cfg, where)
     found = {c: _find(row, c, getattr(cfg, c)) for c in KNOWN}
     if cfg.references and found["response"] not in row:  # e.g. a test file holding only reference answers
         found["response"] = next((f for f in cfg.references if f in row), found["response"])
@@ -215,8 +238,8 @@ def detect(row: dict, cfg: DataConfig, where: str) -> Mapper:
         c = missing[0]
         name = found[c] or "/".join(KNOWN[c])
         raise TunesmithError(
-            f"{where}: column {name!r} not found for data shape {shape}; the columns are: "
-            f"{', '.join(map(str, row)) or '(none)'}. Set data.{c} to the right name."
+            f"{where}: column {name!r} not found for data shape {shape}; the columns are: {_columns(row)}. "
+            f"Set data.{c} to the right name."
         )
     fields = {c: found[c] for c in needs}
     if shape == "preference" and found["prompt"] in row:
@@ -224,6 +247,24 @@ def detect(row: dict, cfg: DataConfig, where: str) -> Mapper:
     if shape != "instruction":
         return Mapper(shape, fields)
     return Mapper(shape, fields, cfg.prompt_template, tuple(cfg.references) if cfg.references else None)
+
+
+def _check_named_columns(row: dict, cfg: DataConfig, where: str) -> None:
+    """Every column named in the config is in the file (a test file of reference answers may lack the
+    response column, since data.references names its answers)."""
+    for key in KNOWN:
+        name = getattr(cfg, key)
+        if name is None or name in row or (key == "response" and cfg.references):
+            continue
+        close = close_match(name, list(map(str, row)))
+        raise TunesmithError(
+            f"{where}: column {name!r} (data.{key}) not found; the columns are: {_columns(row)}"
+            + (f". Did you mean {close!r}?" if close else "")
+        )
+
+
+def _columns(row: dict) -> str:
+    return ", ".join(map(str, row)) or "(none)"
 
 
 def _guess(found: dict, row: dict, has_template: bool) -> str | None:

@@ -19,12 +19,12 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval.baseline import frozen_baseline_logits
 from tunesmith.eval.calibration import fit_temperature, reliability, softmax
 from tunesmith.eval.metrics import classification_report
+from tunesmith.files import write_json
 from tunesmith.infer.classifier import Encoded, predict_logits
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import HEAD_NAMES, build_classifier, freeze_embeddings
 from tunesmith.models.saved import CLASSIFIER, load_classifier, save_model
-from tunesmith.runs import write_json
 from tunesmith.train.batches import order_batches
 from tunesmith.train.loop import Batch, Task, fit
 

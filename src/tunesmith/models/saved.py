@@ -7,14 +7,13 @@ model, and what inference needs (labels, temperature, max_length).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError
+from tunesmith.files import staged_dir
 from tunesmith.models import zoo
 from tunesmith.models.build import build_classifier
 
@@ -22,14 +21,11 @@ CLASSIFIER, CAUSAL_LM = "classifier", "causal-lm"
 
 
 def save_model(model, tokenizer, meta: dict, out: Path) -> None:
-    """model/ appears whole or not at all: written to model.tmp/ and renamed."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    """model/ appears whole or not at all: written beside it and renamed into place."""
+    with staged_dir(out, replace=True, fault="model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2))
 
 
 def save_causal_lm(model, tokenizer, cfg: RunConfig, base_path: Path, out: Path) -> torch.nn.Module:

@@ -9,8 +9,8 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from tunesmith import methods
+from tunesmith.files import atomic_write
 from tunesmith.report import plots
-from tunesmith.runs import atomic_write
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -11,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from tunesmith.files import staged_dir
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -43,12 +44,9 @@ def set_rng_state(state: dict) -> None:
 
 def save_weights(model: torch.nn.Module, folder: Path) -> None:
     """The trainable weights alone (all of them for full fine-tuning, the adapter for LoRA), atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "weights.safetensors")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with staged_dir(folder, replace=True) as tmp:
+        save_file(trainable_state(model), tmp / "weights.safetensors")
 
 
 def save_checkpoint(
@@ -56,13 +54,10 @@ def save_checkpoint(
 ) -> Path:
     """checkpoints/step-N/: weights, optimiser, RNG and the loop's position; older ones pruned to `keep`."""
     final = folder / f"step-{loop_state['step']}"
-    tmp = folder / f".step-{loop_state['step']}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "weights.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "loop": loop_state, "rng": rng_state()}, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    folder.mkdir(parents=True, exist_ok=True)
+    with staged_dir(final, replace=True, fault="checkpoint") as tmp:
+        save_file(trainable_state(model), tmp / "weights.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "loop": loop_state, "rng": rng_state()}, tmp / "state.pt")
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

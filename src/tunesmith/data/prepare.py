@@ -401,6 +401,11 @@ class Preparer:
             assign = np.zeros(n, dtype=np.int8)
         labels = _codes(meta.column("label")) if shape == "classify" else None
         groups = meta.column("doc").to_numpy() if shape == "text" else None
+        if cfg.sample and cfg.sample > (assign == 0).sum():
+            raise TunesmithError(
+                f"data.sample: {cfg.sample} is more than the {(assign == 0).sum()} training rows left after reading, "
+                "filtering and dedup (see the counts above); lower data.sample or remove it"
+            )
         if cfg.sample and cfg.sample < (assign == 0).sum():
             train_idx = np.flatnonzero(assign == 0)
             dropped = np.random.default_rng(self.seed).choice(train_idx, len(train_idx) - cfg.sample, replace=False)
@@ -516,6 +521,13 @@ def check_labels(labels: dict[str, dict]) -> list[str]:
     if len(names) < 2:
         raise TunesmithError(
             f"the training data has a single class ({next(iter(names))!r}); a classifier needs at least two"
+        )
+    rare = {name: n for name, n in labels["train"].items() if n < 2}
+    if rare:
+        shown = ", ".join(f"{name!r} ({n} row)" for name, n in sorted(rare.items())[:10])
+        raise TunesmithError(
+            f"classes with fewer than 2 training rows: {shown}; a classifier cannot learn or be scored on them: "
+            "add examples, merge them into another class, or remove their rows"
         )
     for name in ("val", "test"):
         unseen = sorted(set(labels.get(name, {})) - names)

@@ -25,6 +25,7 @@ FORMATS = {
     ".txt": "txt",
     ".md": "txt",
 }
+FIELD_LIMIT = 1 << 30
 DOCUMENT_SUFFIXES = (".txt", ".md", ".text", "")
 
 
@@ -166,6 +167,7 @@ def _read_delimited(
     path: Path, fmt: str, delimiter: str | None, columns: list[str] | None, encoding: str
 ) -> Iterator[Record]:
     sep = delimiter or ("\t" if fmt == "tsv" else ",")
+    csv.field_size_limit(FIELD_LIMIT)  # the default (128 KiB) rejects a long document in one field
     # TSV files (GLUE and friends) do not quote; quotes inside a sentence are literal.
     quoting = csv.QUOTE_NONE if sep != "," else csv.QUOTE_MINIMAL
     with open_text(path, encoding) as f, decoding_errors(path):

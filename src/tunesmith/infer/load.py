@@ -8,9 +8,9 @@ from tunesmith.errors import TunesmithError
 from tunesmith.runs import find_run_dir
 
 
-def model_dir(run: str | Path, output_dir: str | Path = "runs") -> Path:
-    """run_dir/model, or an error that says why the run has none."""
-    run_dir = find_run_dir(run, output_dir)
+def model_dir(run: str | Path, output_dir: str | Path | None = None) -> Path:
+    """run_dir/model of a done run (by name: the latest done run of that name), or an error that says why."""
+    run_dir = find_run_dir(run, output_dir, done=True)
     folder = run_dir / "model"
     if not (folder / "tunesmith.json").is_file():
         raise TunesmithError(

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, close_match
 from tunesmith.files import staged_dir
 
 
@@ -152,13 +152,23 @@ def _cached_hub(repo_id: str) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError, OSError):
-        known = ", ".join(ALIASES)
-        raise TunesmithError(
-            f"model {repo_id!r} is not an alias ({known}), not a local folder, and not in the local Hugging Face "
-            f"cache. This machine is offline, so it cannot be downloaded here; on a machine with network run "
-            f"`tunesmith models pull {repo_id}`, or give the path of a folder in Hugging Face format."
-        ) from None
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as err:
+        raise TunesmithError(_not_found(repo_id, isinstance(err, HFValidationError))) from None
+
+
+def _not_found(name: str, invalid_id: bool) -> str:
+    """Why a model name resolves to nothing, and the one next step that can work."""
+    close = close_match(name, list(ALIASES))
+    head = f"model {name!r} is not an alias ({', '.join(ALIASES)}), not a local folder"
+    if close:
+        return f"{head}; did you mean the alias {close!r}?"
+    if invalid_id or "/" not in name:
+        return f"{head}, and not a hub id (owner/name); give an alias or the path of a folder in Hugging Face format"
+    return (
+        f"{head}, and not in the local Hugging Face cache. This machine is offline, so it cannot be downloaded here; "
+        f"on a machine with network run `tunesmith models pull {name}`, or give the path of a folder in Hugging "
+        "Face format."
+    )
 
 
 def _pull_hub(repo_id: str) -> Path:

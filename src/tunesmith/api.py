@@ -51,7 +51,13 @@ def train(
         report = {"method": cfg.method} | method.run(cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
-        message = str(err) if isinstance(err, TunesmithError) else f"{type(err).__name__}: {err}"
+        message = (
+            str(err)
+            if isinstance(err, TunesmithError)
+            else "interrupted (SIGINT); continue with --resume"
+            if isinstance(err, KeyboardInterrupt)
+            else f"{type(err).__name__}: {err}"
+        )
         registry.finish(run_dir, "failed", error=message)
         if not isinstance(err, TunesmithError):
             (run_dir / "error.log").write_text(traceback.format_exc())

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunesmith.errors import ReportNotWritten, TunesmithError
@@ -36,11 +37,20 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TunesmithError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except OSError as e:
+            from tunesmith.files import disk_full
+
+            where = Path(e.filename) if e.filename else None
+            full = disk_full(e, where.parent if where else Path.cwd())
+            if not full:
+                raise
+            err.print(f"[bold red]error:[/] {escape(f'{where or Path.cwd()}: {full}')}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 

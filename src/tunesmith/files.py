@@ -51,9 +51,38 @@ def staged_dir(dest: Path, *, replace: bool = False, fault: str | None = None) -
         if fault:
             faults.point(fault)
         _publish(tmp, dest, replace)
+    except Exception as err:
+        full = disk_full(err, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise TunesmithError(
+                f"{dest}: could not be written: {full}; nothing was changed there (an earlier complete one is kept)"
+            ) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+DISK_MESSAGES = ("No space left", "File too large", "Disk quota", "os error 28", "os error 27", "os error 122")
+PROBE = 1 << 20
+
+
+def disk_full(err: BaseException, folder: Path) -> str | None:
+    """Why a write failed, if the disk is full or a file-size limit was hit: torch, safetensors and pyarrow each
+    raise their own type, so the error is read, and else a probe write of 1 MiB into `folder` says it."""
+    if getattr(err, "errno", None) in DISK_ERRNOS or any(m in str(err) for m in DISK_MESSAGES):
+        return f"the disk is full or a file-size limit was reached ({err})"
+    try:
+        with open(folder / ".probe", "wb") as f:
+            f.write(b"\0" * PROBE)
+    except OSError as probe:
+        if probe.errno in DISK_ERRNOS:
+            return f"the disk is full or a file-size limit was reached ({probe.strerror}; first: {err})"
+    finally:
+        (folder / ".probe").unlink(missing_ok=True)
+    return None
 
 
 def _publish(tmp: Path, dest: Path, replace: bool) -> None:

@@ -148,7 +148,7 @@ def _usable(row: dict, key: str) -> dict:
     why = f" ({row['error']})" if row["error"] else ""
     raise TunesmithError(
         f"run {key!r} ({row['path']}) is {row['status']}{why}, so it has no model to use; see "
-        f"`tunesmith runs show {row['id']}`" + ("" if row["status"] == "running" else ", or resume it: --resume")
+        f"`tunesmith runs show {row['id']}`" + (", or resume it: --resume" if row["status"] == "killed" else "")
     )
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from tunesmith.config import DataConfig
 from tunesmith.data.prepare import prepare
-from tunesmith.data.shapes import RowProblem, conversation, split_shared_prefix
+from tunesmith.data.shapes import RowProblem, conversation, label_name, split_shared_prefix
 from tunesmith.errors import TunesmithError
 
 
@@ -212,3 +212,23 @@ def test_binary_file_and_unknown_shape(tmp_path):
     odd = write_jsonl(tmp_path / "o.jsonl", [{"foo": 1, "bar": 2}])
     with pytest.raises(TunesmithError, match=r"cannot tell the data shape from the fields \['foo', 'bar'\]"):
         run(tmp_path, train=odd)
+
+
+@pytest.mark.parametrize(
+    "given, name",
+    [(0, "0"), ("0", "0"), (0.0, "0"), ("0.0", "0"), ("1.0", "1"), (" 1 ", "1"), ("0.50", "0.5"), ("pos", "pos")],
+)
+def test_labels_equal_as_numbers_are_one_class(given, name):
+    assert label_name(given, "label") == name
+
+
+@pytest.mark.parametrize("given", [None, float("nan"), "NaN", "nan", "", "  ", "null", "None", [1], {"a": 1}])
+def test_empty_nan_and_none_labels_are_malformed_rows(given):
+    with pytest.raises(RowProblem, match="label"):
+        label_name(given, "label")
+
+
+def test_mixed_numeric_labels_prepare_as_two_classes(tmp_path):
+    rows = [{"text": f"example number {i} of the set", "label": [0, 0.0, "1", "1.0"][i % 4]} for i in range(40)]
+    report, _ = run(tmp_path, train=write_jsonl(tmp_path / "d.jsonl", rows), dedup={"near": False})
+    assert report["label_names"] == ["0", "1"] and report["labels"]["train"] == {"0": 20, "1": 20}

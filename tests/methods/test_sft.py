@@ -118,6 +118,9 @@ def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
     assert result.exit_code == 0 and "model> Yes." in result.output
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("question 5\n\nquestion 6\n")
+    result = CliRunner().invoke(app, ["generate", str(run), "--prompts", str(prompts)])
+    assert result.exit_code == 2 and "prompts.txt:2:blankline" in "".join(result.output.split())  # lines line up
+    prompts.write_text("question 5\nquestion 6\n")
     result = CliRunner().invoke(
         app, ["generate", str(run), "question 4", "--prompts", str(prompts), "--max-new-tokens", "20"]
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from tunesmith import methods
+from tunesmith import faults, methods
 from tunesmith.files import atomic_write
 from tunesmith.report import plots
 
@@ -53,5 +53,6 @@ def write_report(run_dir: Path) -> Path:
         run=run_dir.name, config=config, ev=ev, data=data, figures=figures, scores=method.scores
     )
     out = run_dir / "report.html"
+    faults.point("report")
     atomic_write(out, html)
     return out

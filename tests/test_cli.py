@@ -157,3 +157,16 @@ def test_a_report_that_fails_to_draw_leaves_the_run_done(tmp_path, tiny_model, f
     run_dir = api.find_run_dir(row["path"])
     assert row["status"] == "done" and (run_dir / "model").is_dir() and (run_dir / "eval.json").is_file()
     assert not (run_dir / "report.html").exists() and "no fonts" in (run_dir / "report_error.log").read_text()
+
+
+def test_eval_reads_another_file_as_the_run_read_its_data(tmp_path, tiny_model, fixtures):
+    rows = [ln.split("\t") for ln in (fixtures / "sst2_train.tsv").read_text().splitlines()[1:301]]
+    for name, part in (("train.txt", rows[:240]), ("more.txt", rows[240:])):
+        (tmp_path / name).write_text("sentence;label\n" + "".join(f"{t.replace(';', ',')};{y}\n" for t, y in part))
+    cfg = tiny_config(tiny_model, tmp_path / "train.txt", tmp_path, data={"format": "csv", "delimiter": ";"})
+    run_dir = api.train(cfg, quiet=True)
+    result = runner.invoke(app, ["eval", str(run_dir), "--data", str(tmp_path / "more.txt"), "--no-baseline"])
+    assert result.exit_code == 0 and "60 rows" in result.output, result.output
+    result = runner.invoke(app, ["eval", str(run_dir), "--data", str(tmp_path / "more.txt"), "--label", "topic"])
+    flat = "".join(result.output.split())
+    assert result.exit_code == 2 and "'topic'(--label)notfound" in flat and "data.label" not in flat, result.output

@@ -200,18 +200,24 @@ def evaluate(
     *,
     text: str | None = None,
     label: str | None = None,
+    format: str | None = None,
+    delimiter: str | None = None,
     baseline: bool = True,
     on_error: str = "fail",
     write: bool = True,
 ) -> dict:
-    """Score a run's model (and the untuned baseline) on another file, as its method scores a test set."""
+    """Score a run's model (and the untuned baseline) on another file, as its method scores a test set; the file
+    is read with the run's reading options unless `format`, `delimiter`, `text` or `label` say otherwise."""
     run_dir = find_run_dir(run, done=True)
     method = methods.get(load_config(run_dir / "config.yaml").method)
     if method.evaluate is None:
         raise TunesmithError(
             f"{run}: a {method.name} run cannot be scored on another file yet; its eval.json holds its test-set scores"
         )
-    report = method.evaluate(run_dir, data, text=text, label=label, baseline=baseline, on_error=on_error, write=write)
+    report = method.evaluate(
+        run_dir, data, text=text, label=label, fmt=format, delimiter=delimiter,
+        baseline=baseline, on_error=on_error, write=write,
+    )  # fmt: skip
     return {"method": method.name} | report
 
 

@@ -169,6 +169,7 @@ def predict(
             out.print(f"{res['label']}\t{res['confidence']:.3f}\t{text}", highlight=False, markup=False)
 
 
+FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt")
 STOP_HELP = "End a reply before this text (repeat for several)."
 PENALTY_HELP = "Above 1, tokens already in the text become less likely (breaks the loops of small models)."
 
@@ -276,13 +277,21 @@ def eval_(
     data: Annotated[Path, typer.Option(help="A labelled file (csv, tsv, jsonl, json, parquet) or folder per label.")],
     text: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text).")] = None,
     label: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label).")] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="csv, tsv, jsonl, json, parquet, folder, txt (default: the run's).")
+    ] = None,
+    delimiter: Annotated[str | None, typer.Option(help="Field delimiter (default: the run's data.delimiter).")] = None,
     baseline: Annotated[bool, typer.Option(help="Also score the untuned baseline.")] = True,
     on_error: Annotated[str, typer.Option(help="fail or skip malformed rows.")] = "fail",
 ):
-    """Score a run's model (and the untuned baseline) on another labelled file."""
+    """Score a run's model (and the untuned baseline) on another labelled file, read as the run read its data."""
     if on_error not in ("fail", "skip"):
         raise TunesmithError(f"--on-error must be fail or skip, got {on_error!r}")
-    report = _api().evaluate(run, data, text=text, label=label, baseline=baseline, on_error=on_error)
+    if format is not None and format not in FORMATS:
+        raise TunesmithError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    report = _api().evaluate(
+        run, data, text=text, label=label, format=format, delimiter=delimiter, baseline=baseline, on_error=on_error
+    )
     out.print(score_table(report, f"{data}: {report['test_rows']} rows", ("baseline", "tuned")))
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tunesmith.eval.calibration import fit_temperature, reliability, softmax
+from tunesmith.eval.calibration import choose_temperature, fit_temperature, reliability, softmax
 from tunesmith.eval.metrics import classification_report
 
 
@@ -32,3 +32,19 @@ def test_report_keys_and_confusion():
     rep = classification_report(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), ["a", "b", "c"])
     assert rep["accuracy"] == pytest.approx(0.6) and rep["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert rep["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_a_temperature_is_kept_only_where_held_out_ece_improves():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 600)
+    logits = rng.normal(size=(600, 3))
+    logits[np.arange(600), y] += 1.0
+    sharp = choose_temperature(logits * 4, y, bins=15)
+    assert sharp["chosen"] == "fitted" and sharp["cv_ece_fitted"] < sharp["cv_ece_t1"] and sharp["temperature"] > 2
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1.0, 60)  # already calibrated, and small: a fitted T only adds noise
+    labels = np.where(rng.uniform(size=60) < conf, 0, 1)
+    calibrated = np.log(np.stack([conf, 1 - conf], 1))
+    kept = choose_temperature(calibrated, labels, bins=15)
+    assert kept["temperature"] == 1.0 and kept["chosen"] == "none" and "did not help" in kept["why"]
+    assert choose_temperature(calibrated[:15], labels[:15], bins=15)["why"].startswith("15 validation rows")

@@ -17,7 +17,7 @@ from tunesmith.data.prepare import Preparer
 from tunesmith.data.prepared import read_prepared, read_split
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.baseline import frozen_baseline_logits
-from tunesmith.eval.calibration import fit_temperature, reliability, softmax
+from tunesmith.eval.calibration import choose_temperature, reliability, softmax
 from tunesmith.eval.metrics import classification_report
 from tunesmith.files import write_json
 from tunesmith.infer.classifier import Encoded, predict_logits
@@ -83,9 +83,11 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
     model.eval()
 
-    temperature = 1.0
+    calibration = {"temperature": 1.0, "chosen": "none", "why": "eval.calibrate is off, or no validation rows"}
     if cfg.eval.calibrate and "val" in enc and len(enc["val"]):
-        temperature = fit_temperature(predict_logits(model, enc["val"]), enc["val"].labels)
+        val = enc["val"]
+        calibration = choose_temperature(predict_logits(model, val), val.labels, cfg.eval.bins, seed=cfg.train.seed)
+    temperature = calibration["temperature"]
     meta = {
         "method": cfg.method,
         "kind": CLASSIFIER,
@@ -101,6 +103,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     report = {
         "labels": prep.labels,
         "temperature": temperature,
+        "calibration": calibration,
         "train": result.summary() | {"truncated_train_examples": enc["train"].truncated},
     }
     if "test" in enc and len(enc["test"]):
@@ -134,27 +137,49 @@ def score_logits(logits: np.ndarray, y: np.ndarray, labels: list[str], temperatu
     }
 
 
+EVAL_OPTIONS = {
+    "data.on_error: skip": "--on-error skip",
+    "data.text": "--text",
+    "data.label": "--label",
+    "data.format": "--format",
+    "data.delimiter": "--delimiter",
+}
+
+
 def evaluate(
     run_dir: Path,
     data: str | Path,
     *,
     text: str | None = None,
     label: str | None = None,
+    fmt: str | None = None,
+    delimiter: str | None = None,
     baseline: bool = True,
     on_error: str = "fail",
     write: bool = True,
 ) -> dict:
-    """Score a run's model (and the untuned baseline, refitted on the run's training split) on another file."""
+    """Score a run's model (and the untuned baseline, refitted on the run's training split) on another file, read
+    the way the run read its data unless told otherwise (format, delimiter, columns, text and label fields)."""
     cfg = load_config(run_dir / "config.yaml")
+    same_format = fmt is None or fmt == cfg.data.format
     changed = {
-        "train": str(data), "val": None, "test": None, "format": "auto", "delimiter": None, "columns": None,
-        "split_column": None, "on_error": on_error, "max_rows": None, "sample": None, "shape": "classify",
-        "text": text or cfg.data.text, "label": label or cfg.data.label, "dedup": {"exact": False, "near": False},
+        "train": str(data), "val": None, "test": None, "split_column": None, "on_error": on_error, "max_rows": None,
+        "sample": None, "shape": "classify", "text": text or cfg.data.text, "label": label or cfg.data.label,
+        "format": fmt or cfg.data.format, "delimiter": delimiter or (cfg.data.delimiter if same_format else None),
+        "columns": cfg.data.columns if same_format else None, "dedup": {"exact": False, "near": False},
     }  # fmt: skip
-    data_cfg = DataConfig(**(cfg.data.model_dump() | changed))
-    with tempfile.TemporaryDirectory() as tmp:  # the same reading, cleaning and PII as training, without dedup
-        pool, funnel = Preparer(data_cfg, cfg.train.seed).pool("eval", str(data), Path(tmp), None)
-        split, read_report = read_split(pool), funnel.report()
+    if delimiter is not None and len(delimiter) != 1:
+        raise TunesmithError(f"--delimiter must be one character, got {delimiter!r}")
+    try:
+        data_cfg = DataConfig(**(cfg.data.model_dump() | changed))
+        with tempfile.TemporaryDirectory() as tmp:  # the same reading, cleaning and PII as training, without dedup
+            pool, funnel = Preparer(data_cfg, cfg.train.seed).pool("eval", str(data), Path(tmp), None)
+            split, read_report = read_split(pool), funnel.report()
+    except TunesmithError as err:  # the messages name eval's own options, not the config keys
+        message = str(err)
+        for key, option in EVAL_OPTIONS.items():
+            message = message.replace(key, option)
+        raise TunesmithError(message) from None
     model, tokenizer, meta = load_classifier(run_dir / "model")
     unknown = sorted(set(split.labels) - set(meta["labels"]))
     if unknown:

@@ -38,6 +38,7 @@ def test_train_writes_the_run_directory_contract(trained):
         p.name for p in (run_dir / "data").iterdir()
     }
     assert "untuned baseline" in output and "report.html" in output
+    assert "prepared splits" in output and "rows read" in output  # the data summary, as prepare prints it
     ev = json.loads((run_dir / "eval.json").read_text())
     assert ev["test_rows"] == 300 and set(ev) >= {"tuned", "baseline", "temperature", "train"}
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 3

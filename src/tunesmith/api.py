@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -27,10 +28,12 @@ def train(
     *,
     resume: str | Path | None = None,
     quiet: bool = False,
+    on_data: Callable[[dict, Path], None] | None = None,
 ) -> Path:
     """Fine-tune as the config says and return the run directory (config.yaml, data/, model/, eval.json, report.html).
 
     With `resume`, continue the run in that directory from its latest checkpoint (its own config.yaml and data).
+    `on_data(report, folder)` is called with data_report.json once the data is prepared, before training.
     """
     if resume is not None:
         run_dir = resumable(resume)
@@ -47,6 +50,8 @@ def train(
             (run_dir / "config.yaml").write_text(cfg_text)
             preflight.check_model(cfg, zoo.resolve(cfg.model))  # before reading data
             report = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))
+            if on_data is not None:
+                on_data(report, run_dir / "data")
             preflight.check_data(cfg, method, report, run_dir / "data")
         report = {"method": cfg.method} | method.run(cfg, run_dir, resume=resume is not None, quiet=quiet)
         write_json(run_dir / "eval.json", report)

@@ -78,7 +78,7 @@ def train(
         raise TunesmithError("give a CONFIG file, or --resume RUN")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReportNotWritten)  # print_eval says it, in one line
-        run_dir = _api().train(config, set_ or [], resume=resume, quiet=quiet)
+        run_dir = _api().train(config, set_ or [], resume=resume, quiet=quiet, on_data=print_data)
     print_eval(run_dir)
 
 
@@ -98,7 +98,11 @@ def prepare(
 ):
     """Read, check and split the data without training; print what was kept, skipped and removed."""
     folder = _api().prepare_data(config, set_ or [], out=out_dir, overwrite=overwrite)
-    report = json.loads((folder / "data_report.json").read_text())
+    print_data(json.loads((folder / "data_report.json").read_text()), folder)
+
+
+def print_data(report: dict, folder: Path) -> None:
+    """What the data stage kept, skipped and removed, per file and split (prepare and train both print it)."""
     names = report.get("label_names", [])
     table = Table(title=f"prepared splits ({report['shape']})")
     for col in ["split", "rows", "median chars", *names]:

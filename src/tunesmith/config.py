@@ -38,6 +38,11 @@ class DedupConfig(Strict):
     threshold: float = Field(0.7, gt=0.0, le=1.0)  # Jaccard similarity from which two texts are near duplicates
     ngram: int = Field(3, ge=1)  # characters per shingle (3: one edit in a 60-character text keeps Jaccard near 0.9)
     num_perm: int = Field(128, ge=16)  # MinHash permutations
+    # Texts shorter than this (after folding) are deduplicated exactly only: in a short text one changed word is
+    # another question. Banking77 train: 61 of 819 near pairs under 50 characters are different intents, 1 of 206
+    # above (benchmarks/dedup_short.py).
+    near_min_chars: int = Field(50, ge=0)
+    test: bool = False  # also drop duplicates inside a data.test file you give (train rows near it always go)
 
 
 class PiiConfig(Strict):

@@ -10,6 +10,11 @@ from tunesmith.data.prepared import label_order, read_prepared
 from tunesmith.errors import TunesmithError
 
 
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
 def run(tmp_path, seed=0, tokenizer=None, **data):
     report = prepare(DataConfig(**data), seed, tmp_path / "out", tokenizer=tokenizer, overwrite=True)
     return report, {s: pq.read_table(tmp_path / "out" / f"{s}.parquet").to_pylist() for s in report["rows"]}
@@ -65,6 +70,30 @@ def test_near_duplicates_within_and_across_splits(tmp_path):
     assert len(rows["train"]) == 30
     examples = report["files"]["train"]["removed_examples"]["near duplicate of a test row"]
     assert examples[0]["text"].startswith("the service") and examples[0]["where"].endswith("train.jsonl:31")
+
+
+def test_a_test_file_you_give_is_kept_whole_and_still_guards_against_leakage(tmp_path):
+    question = "how do I reset the password of my online banking account"
+    test, train = tmp_path / "test.csv", tmp_path / "train.csv"
+    test.write_text(f"text,label\n{question},a\n{question}!,a\n{question.replace('reset', 'resett')},a\nother,b\n")
+    train.write_text(
+        "text,label\n" + "".join(f"row number {i} of many,{'ab'[i % 2]}\n" for i in range(40)) + f"{question}?,a\n"
+    )
+    report, rows = run(tmp_path, train=str(train), test=str(test), val_fraction=0)
+    assert report["rows"]["test"] == 4 and report["files"]["test"]["steps"][-1]["removed"] == {}
+    assert report["files"]["train"]["steps"][-1]["removed"] == {"exact duplicate of a test row": 1}
+    report, _ = run(tmp_path, train=str(train), test=str(test), val_fraction=0, dedup={"test": True})
+    assert report["rows"]["test"] == 2  # asked for: the exact and the near copy inside the test file go
+
+
+def test_short_texts_that_differ_by_a_word_are_not_near_duplicates(tmp_path):
+    short = ["what is the melting point of gold", "what is the melting point of iron", "what is the boiling point"]
+    long = "what is the melting point of gold at the pressure you find on the top of a high mountain"
+    rows = [{"text": t, "label": "ab"[i % 2]} for i, t in enumerate(short + [long, long.replace("high", "tall")])]
+    rows += [{"text": f"filler {i}", "label": "ab"[i % 2]} for i in range(10)]
+    report, kept = run(tmp_path, train=write_jsonl(tmp_path / "d.jsonl", rows), val_fraction=0, test_fraction=0)
+    assert {r["text"] for r in kept["train"]} >= set(short)
+    assert report["files"]["train"]["steps"][-1]["removed"] == {"near duplicate": 1}  # the long one-word edit
 
 
 @pytest.mark.parametrize("batch", [4096, 1])  # the chain inside one batch, and across batches

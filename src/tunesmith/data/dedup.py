@@ -52,10 +52,13 @@ class Deduper:
         ] = {}  # split -> rensa indexes (LEVELS at most) of its rows removed as near duplicates
         self.rows = 0
 
-    def check(self, split: str, hashes: list[int], sketches: list | None) -> list[str | None]:
+    def check(
+        self, split: str, hashes: list[int], sketches: list | None, lengths: list[int] | None = None, keep: bool = False
+    ) -> list[str | None]:
         """Per row: None to keep it, else the reason it goes. Kept rows are remembered for later rows.
-        `hashes` are hash(dedup_key) and `sketches` the keys' minhashes() (made by a worker; None when near
-        dedup is off)."""
+        `hashes` are hash(dedup_key), `sketches` the keys' minhashes() (made by a worker; None when near dedup is
+        off) and `lengths` the keys' lengths (rows shorter than near_min_chars are matched exactly only). With
+        `keep` (a test file the user gave), every row stays and is still remembered, so later rows near it go."""
         verdict: list[str | None] = [None] * len(hashes)
         if self.cfg.exact:
             for i, h in enumerate(hashes):
@@ -65,13 +68,16 @@ class Deduper:
                 else:
                     verdict[i] = _reason("exact duplicate", first, split)
         if self.cfg.near:
-            self._near(split, sketches, verdict)
-        return verdict
+            short = [n < self.cfg.near_min_chars for n in lengths] if lengths else [False] * len(hashes)
+            self._near(split, sketches, verdict, short)
+        return [None] * len(verdict) if keep else verdict
 
-    def _near(self, split: str, sketches: list, verdict: list[str | None]) -> None:
+    def _near(self, split: str, sketches: list, verdict: list[str | None], short: list[bool]) -> None:
         """Earlier splits' rows, then this split's removed rows, then its kept rows (rensa adds the rows it keeps);
         then a row kept in this batch goes after all if it is near a row removed before it in this batch."""
-        pairs = {i: (f"{split}:{self.rows + i}", sketches[i]) for i, v in enumerate(verdict) if v is None}
+        pairs = {
+            i: (f"{split}:{self.rows + i}", sketches[i]) for i, v in enumerate(verdict) if v is None and not short[i]
+        }
         self.rows += len(sketches)
         todo = list(pairs)
         for other in [s for s in self.kept if s != split]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import TunesmithError, close_match
 
@@ -56,8 +56,11 @@ class DataConfig(Strict):
     shape: Literal["auto", *SHAPES] = "auto"  # auto: told by the field names of the first row
     # Field names in the files; None means the usual names (text/sentence, label/category, prompt/instruction,
     # response/output, messages/conversations, chosen, rejected).
-    text: str | None = None
+    text: str | list[str] | None = None  # a list joins several columns (e.g. [title, description]) into the text
+    text_separator: str = "\n"  # between the joined text columns
     label: str | None = None
+    label_names: dict[str, str] | str | None = None  # {1: World, 2: Sports} or a JSON file of that: label -> name
+    label_position: Literal["first", "last"] = "first"  # format lines: the label is the first or the last field
     prompt: str | None = None
     response: str | None = None
     messages: str | None = None
@@ -68,8 +71,10 @@ class DataConfig(Strict):
     )
     # generation metrics score against all of them; a file with no data.response field takes the first as its response
     prompt_template: str | None = None  # e.g. "Summarise this dialogue:\n{dialogue}": builds the prompt from fields
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt"] = "auto"
-    delimiter: str | None = Field(None, min_length=1, max_length=1)  # overrides the format's delimiter
+    # lines: one example per line, a label and a text split at the first (or, label_position: last, the last)
+    # delimiter: "LABEL text", "__label__x text" (fastText), "text;label"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt", "lines"] = "auto"
+    delimiter: str | None = Field(None, min_length=1, max_length=1)  # overrides the format's (lines: whitespace)
     columns: list[str] | None = None  # names for a headerless delimited file, in order
     encoding: str = "auto"  # "auto" detects it (UTF-8, latin-1, cp1252, ...)
     split_column: str | None = None  # a column saying train / val (validation, dev) / test for each row of data.train
@@ -83,6 +88,18 @@ class DataConfig(Strict):
     clean: CleanConfig = CleanConfig()
     dedup: DedupConfig = DedupConfig()
     pii: PiiConfig | None = None  # set (e.g. `pii: {}`) to replace personal data by <EMAIL>, <PERSON>, ...
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _names_as_text(cls, value):
+        """YAML reads `{1: World}` with a number for a key; labels are text."""
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _joined_text_has_columns(self) -> DataConfig:
+        if isinstance(self.text, list) and not self.text:
+            raise ValueError("data.text: an empty list; give a column name or a list of them")
+        return self
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> DataConfig:
@@ -315,6 +332,9 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         value = getattr(cfg.data, field)
         if value and not value.startswith("pkg:") and not Path(value).is_absolute():
             setattr(cfg.data, field, str((base / value).resolve()))
+    names = cfg.data.label_names
+    if isinstance(names, str) and not Path(names).is_absolute():
+        cfg.data.label_names = str((base / names).resolve())
     if cfg.eval.general_text and not Path(cfg.eval.general_text).is_absolute():
         cfg.eval.general_text = str((base / cfg.eval.general_text).resolve())
     if cfg.model.startswith((".", "/")) and not Path(cfg.model).is_absolute():

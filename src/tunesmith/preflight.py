@@ -37,9 +37,14 @@ def check_data(cfg: RunConfig, method: Method, report: dict, data_dir: Path) -> 
     where early stopping needs one)."""
     shape, rows = report["shape"], report.get("rows", {})
     if shape not in method.shapes:
+        hint = (
+            "; a .txt file is read as one document: for rows of data set data.format: csv or lines"
+            if shape == "text" and str(cfg.data.train).lower().endswith(".txt")
+            else ""
+        )
         raise TunesmithError(
             f"method {cfg.method} trains on {' or '.join(method.shapes)} data, but "
-            f"{cfg.data.train} holds {shape} data (see data_report.json in {data_dir})"
+            f"{cfg.data.train} holds {shape} data (see data_report.json in {data_dir}){hint}"
         )
     kept = ", ".join(f"{n} {s}" for s, n in rows.items()) or "none"
     if not rows.get("test"):

@@ -77,3 +77,42 @@ def test_pkg_paths(tmp_path):
         list(read_records("pkg:no_such_package_here/x.csv"))
     recs = list(read_records("pkg:tunesmith/report/report.html.j2", fmt="csv", delimiter="\x01", columns=["line"]))
     assert recs
+
+
+def test_layouts_that_need_no_script(tmp_path):
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import prepare
+
+    def prepared(**data) -> list[dict]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        cfg = DataConfig(val_fraction=0, test_fraction=0, dedup={"near": False}, **data)
+        prepare(cfg, 0, out)
+        return pq.read_table(out / "train.parquet").to_pylist()
+
+    news = tmp_path / "news.csv"
+    news.write_text(
+        "title,description,class\nMarkets up,Stocks rose today,1\nCup final,Home side won,2\n"
+        "Rates cut,Bank eases,1\nNew striker,Club signs,2\n"
+    )
+    rows = prepared(train=str(news), text=["title", "description"], text_separator=". ", label="class",
+                    label_names={1: "Business", 2: "Sports"})  # fmt: skip
+    assert rows[0] == {"text": "Markets up. Stocks rose today", "label": "Business"}
+    names = tmp_path / "names.json"
+    names.write_text('{"1": "Business"}')
+    with pytest.raises(TunesmithError, match=r"news.csv:3: label '2' is not in data.label_names"):
+        prepared(train=str(news), text=["title", "description"], label="class", label_names=str(names))
+    with pytest.raises(TunesmithError, match=r"'descr' \(in data.text\) not found.*Did you mean 'description'"):
+        prepared(train=str(news), text=["title", "descr"], label="class")
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("pos a fine and witty film\n__label__neg dull, dull, dull\npos lovely\nneg awful\n")
+    rows = prepared(train=str(lines), format="lines")
+    assert rows[:2] == [{"text": "a fine and witty film", "label": "pos"}, {"text": "dull, dull, dull", "label": "neg"}]
+    last = tmp_path / "last.txt"
+    last.write_text("a fine; witty film;pos\ndull;neg\nlovely;pos\nawful;neg\n")
+    rows = prepared(train=str(last), format="lines", delimiter=";", label_position="last")
+    assert rows[0] == {"text": "a fine; witty film", "label": "pos"}
+    table = tmp_path / "rows.txt"
+    table.write_text("a;x\nb;y\nc;x\nd;y\n")
+    with pytest.raises(TunesmithError, match=r"looks like rows of data \(4 lines, each with 1 x ';'\).*format: csv"):
+        prepared(train=str(table), label="label")

@@ -27,8 +27,8 @@ from tunesmith.data.clean import Cleaner
 from tunesmith.data.dedup import Deduper, dedup_key, minhashes
 from tunesmith.data.prepared import SPLITS, label_order
 from tunesmith.data.readers import read_records
-from tunesmith.data.shapes import Mapper, RowProblem, detect, identity, texts_of, with_texts
-from tunesmith.errors import TunesmithError
+from tunesmith.data.shapes import Mapper, RowProblem, detect, identity, label_name, texts_of, with_texts
+from tunesmith.errors import TunesmithError, close_match
 from tunesmith.files import is_empty_dir, staged_dir
 
 SPLIT_NAMES = {
@@ -169,6 +169,10 @@ class Preparer:
         self.anonymiser = None
         self.tokenizer = None
         self.docs = 0
+        # text: [title, description] reads as one column named "title+description", joined per row
+        self.joined = tuple(cfg.text) if isinstance(cfg.text, list) else None
+        self.shape_cfg = cfg.model_copy(update={"text": "+".join(self.joined)}) if self.joined else cfg
+        self.label_names = load_label_names(cfg.label_names)
 
     # ---- pass 1: one input file -> a pool of kept examples --------------------------------------------------
 
@@ -255,14 +259,18 @@ class Preparer:
             delimiter=cfg.delimiter,
             columns=cfg.columns,
             encoding=cfg.encoding,
-            text_field=cfg.text or "text",
+            text_field=self.shape_cfg.text or "text",
             label_field=cfg.label or "label",
             documents=cfg.shape == "text",
+            label_position=cfg.label_position,
+            rows_expected=cfg.shape not in ("auto", "text") or cfg.label is not None,
         )
         for rec in records:
             funnel.rows_read += 1
             step, problem, part = "read", rec.error, None
             if rec.fields is not None:
+                if self.joined:
+                    rec.fields = join_columns(rec.fields, self.joined, cfg.text_separator, rec.where)
                 if funnel.fields is None:
                     self.mapper = self._detect(rec, funnel)
                 if split_col and split_col not in rec.fields:
@@ -293,8 +301,9 @@ class Preparer:
     def _detect(self, rec, funnel: Funnel) -> Mapper:
         """Each file has its own field names (a test file may hold only reference answers); the first file's
         shape holds for all of them."""
-        cfg = self.cfg if self.mapper is None else self.cfg.model_copy(update={"shape": self.mapper.shape})
+        cfg = self.shape_cfg if self.mapper is None else self.shape_cfg.model_copy(update={"shape": self.mapper.shape})
         mapper = detect(rec.fields, cfg, rec.where)
+        mapper.label_names = self.label_names
         funnel.fields = mapper.fields
         return mapper
 
@@ -477,6 +486,37 @@ class Preparer:
             clean, _ = self._anonymiser().anonymise([ex["text"] for ex in shown])
             for ex, text in zip(shown, clean):
                 ex["text"] = text
+
+
+def join_columns(fields: dict, columns: tuple[str, ...], separator: str, where: str) -> dict:
+    """The row with one more field, the named columns' non-empty values joined (data.text as a list)."""
+    missing = [c for c in columns if c not in fields]
+    if missing:
+        close = close_match(missing[0], list(map(str, fields)))
+        raise TunesmithError(
+            f"{where}: column {missing[0]!r} (in data.text) not found; the columns are: {', '.join(map(str, fields))}"
+            + (f". Did you mean {close!r}?" if close else "")
+        )
+    values = [str(fields[c]).strip() for c in columns if fields[c] is not None and str(fields[c]).strip()]
+    return fields | {"+".join(columns): separator.join(values)}
+
+
+def load_label_names(given: dict[str, str] | str | None) -> dict[str, str] | None:
+    """data.label_names as {label: name}, its keys under the label rule (1, "1" and 1.0 are one label)."""
+    if given is None:
+        return None
+    if isinstance(given, str):
+        path = Path(given)
+        try:
+            given = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise TunesmithError(f"data.label_names: cannot read {path} as JSON ({err})") from None
+        if not isinstance(given, dict):
+            raise TunesmithError(f"data.label_names: {path} must hold an object {{label: name}}, not a list or value")
+    try:
+        return {label_name(k, "data.label_names"): str(v).strip() for k, v in given.items()}
+    except RowProblem as err:
+        raise TunesmithError(f"data.label_names: {err}") from None
 
 
 def _reason(step: str, problem: str) -> str:

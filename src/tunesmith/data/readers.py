@@ -46,7 +46,7 @@ def detect_format(path: Path, fmt: str, delimited: bool = False) -> str:
     if found == "txt" and delimited:
         return "csv"
     if found is None:
-        allowed = ", ".join(sorted(set(FORMATS.values()) | {"folder"}))
+        allowed = ", ".join(sorted(set(FORMATS.values()) | {"folder", "lines"}))
         raise TunesmithError(
             f"{path}: cannot tell the format from the suffix {path.suffix!r}; set data.format to one of {allowed}"
         )
@@ -139,6 +139,8 @@ def read_records(
     text_field: str = "text",
     label_field: str = "label",
     documents: bool = False,
+    label_position: str = "first",
+    rows_expected: bool = False,
 ) -> Iterator[Record]:
     """Records of a file or folder. With `documents`, each text file (of a folder, recursively) is one record."""
     path = resolve_path(path)
@@ -150,7 +152,17 @@ def read_records(
     elif fmt == "folder":
         yield from _read_folder(path, encoding, text_field, label_field)
     elif fmt == "txt":
-        yield Record(str(path), {text_field: read_text(path, encoding)})
+        text = read_text(path, encoding)
+        why = looks_like_rows(text) if rows_expected else None
+        if why:
+            raise TunesmithError(
+                f"{path}: a .txt file is read as one document, but this one looks like rows of data ({why}); set "
+                "data.format: csv and data.delimiter (with data.columns if it has no header line), or data.format: "
+                "lines for lines of 'LABEL text' or 'text;label' (data.label_position)"
+            )
+        yield Record(str(path), {text_field: text})
+    elif fmt == "lines":
+        yield from _read_lines(path, delimiter, label_position, encoding, text_field, label_field)
     elif fmt in ("csv", "tsv"):
         yield from _read_delimited(path, fmt, delimiter, columns, encoding)
     elif fmt == "jsonl":
@@ -197,6 +209,41 @@ def _rows(reader, path: Path, fmt: str, sep: str, header: list[str] | None) -> I
             yield Record(where, dict(zip(header, row)))
     except csv.Error as err:
         raise TunesmithError(f"{path}:{start}: malformed {fmt.upper()}: {err}") from None
+
+
+def looks_like_rows(text: str) -> str | None:
+    """Why a text looks like a table or labelled lines rather than a document, or None."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    for sep in ("\t", ";", "|", ","):
+        counts = [ln.count(sep) for ln in lines]
+        if min(counts) > 0 and max(counts) == min(counts):
+            return f"{len(lines)} lines, each with {counts[0]} x {sep!r}"
+    firsts = {ln.split(None, 1)[0] for ln in lines}
+    if len(lines) >= 20 and len(firsts) <= max(2, len(lines) // 20):
+        return f"{len(lines)} lines starting with one of {len(firsts)} words, like labels: {sorted(firsts)[:5]}"
+    return None
+
+
+def _read_lines(
+    path: Path, delimiter: str | None, label_position: str, encoding: str, text_field: str, label_field: str
+) -> Iterator[Record]:
+    """One example per line: the label, then the text after the first delimiter (whitespace by default), or with
+    label_position last, the text before the last one. A fastText "__label__" prefix is dropped."""
+    with open_text(path, encoding) as f, decoding_errors(path):
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            parts = line.split(delimiter, 1) if label_position == "first" else line.rsplit(delimiter, 1)
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                sep = "whitespace" if delimiter is None else repr(delimiter)
+                yield Record(where, None, f"expected a label and a text separated by {sep} (label {label_position})")
+                continue
+            label, text = parts if label_position == "first" else parts[::-1]
+            yield Record(where, {text_field: text.strip(), label_field: label.strip().removeprefix("__label__")})
 
 
 def _read_jsonl(path: Path, encoding: str) -> Iterator[Record]:

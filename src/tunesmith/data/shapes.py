@@ -59,6 +59,7 @@ class Mapper:
     fields: dict[str, str]  # canonical name -> the file's field name
     template: str | None = None
     references: tuple[str, ...] | None = None  # instruction: the fields holding reference answers
+    label_names: dict[str, str] | None = None  # classify: data.label_names, label -> name
 
     def example(self, row: dict) -> dict:
         missing = [f for f in self.fields.values() if f not in row]
@@ -67,8 +68,13 @@ class Mapper:
         return getattr(self, "_" + self.shape)(row)
 
     def _classify(self, row: dict) -> dict:
-        text, label = row[self.fields["text"]], row[self.fields["label"]]
-        return {"text": _string(text, self.fields["text"]), "label": label_name(label, self.fields["label"])}
+        text, label = row[self.fields["text"]], label_name(row[self.fields["label"]], self.fields["label"])
+        if self.label_names is not None:
+            if label not in self.label_names:
+                known = ", ".join(list(self.label_names)[:10])
+                raise RowProblem(f"label {label!r} is not in data.label_names (which names {known})")
+            label = self.label_names[label]
+        return {"text": _string(text, self.fields["text"]), "label": label}
 
     def _text(self, row: dict) -> dict:
         return {"text": _string(row[self.fields["text"]], self.fields["text"])}

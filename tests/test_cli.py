@@ -171,3 +171,21 @@ def test_eval_reads_another_file_as_the_run_read_its_data(tmp_path, tiny_model, 
     result = runner.invoke(app, ["eval", str(run_dir), "--data", str(tmp_path / "more.txt"), "--label", "topic"])
     flat = "".join(result.output.split())
     assert result.exit_code == 2 and "'topic'(--label)notfound" in flat and "data.label" not in flat, result.output
+
+
+def test_runs_list_fits_80_columns_and_never_cuts_a_name():
+    from tunesmith.cli import run_lines
+
+    rows = [
+        {"id": n, "name": f"customer-support-intents-{n}", "status": "done", "method": "classify",
+         "model": "minilm-l6", "path": f"/very/long/path/to/the/runs/customer-support-intents-{n}-20261202-101500",
+         "metrics": {"tuned_accuracy": 0.9123, "tuned_macro_f1": 0.8877, "baseline_accuracy": 0.7, "baseline_macro_f1": 0.6}}
+        for n in (1, 12)
+    ]  # fmt: skip
+    narrow = run_lines(rows, wide=False)
+    assert all(len(line) <= 80 for line in narrow) and "customer-support-intents-12" in narrow[-3]
+    assert "tuned_accuracy=0.9123" in "\n".join(narrow) and "path" not in narrow[0]
+    wide = run_lines(rows, wide=True)
+    assert rows[1]["path"] in wide[-1] and "baseline_macro_f1=0.6" in wide[-1]
+    result = runner.invoke(app, ["runs", "list", "--json", "--dir", "/nonexistent-registry"])
+    assert result.exit_code == 0 and json.loads(result.output) == []

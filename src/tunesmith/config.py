@@ -17,6 +17,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# One default for generate, chat and the samples eval.generate scores: at 1.0 small models fall into loops
+# ("The City of Light" x14); CTRL's penalty at 1.1 breaks them and leaves ordinary repeats possible.
+REPETITION_PENALTY = 1.1
 SHAPES = ("classify", "instruction", "chat", "preference", "text")
 PII_ENTITIES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL", "PERSON", "LOCATION")
 
@@ -157,7 +160,9 @@ class EvalConfig(Strict):
     bins: int = Field(15, ge=2)  # bins of the reliability diagram and ECE
     generate: int = Field(0, ge=0)  # generate replies for this many test rows, scored by ROUGE/BLEU/exact match
     max_new_tokens: int = Field(128, gt=0)  # the longest generated reply
-    repetition_penalty: float = Field(1.0, ge=1.0)  # > 1 discourages the loops small models fall into
+    repetition_penalty: float = Field(
+        REPETITION_PENALTY, ge=1.0
+    )  # as `generate`: > 1 discourages the loops small models fall into
     general_text: str | None = None  # a general-text file: its perplexity before/after training measures forgetting
     general_tokens: int = Field(20000, gt=0)  # at most this many tokens of general_text are scored
 

@@ -96,6 +96,7 @@ def test_generation_scores_and_forgetting_are_reported_for_base_and_tuned(tiny_l
     assert len(ev["tuned"]["samples"]) == 3 and ev["tuned"]["replies_scored"] == 3 and ev["forgetting"]["ppl_ratio"] > 0
     html = (run / "report.html").read_text()
     assert 'alt="base vs tuned"' in html and html.count("<th>base model</th>") == 1 and "Forgetting" in html
+    assert html.count('<td class="sample">') == 3 * 4 and "td.sample{text-align:left;white-space:pre-wrap" in html
 
 
 def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):

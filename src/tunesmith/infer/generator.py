@@ -13,6 +13,7 @@ from threading import Thread
 
 import torch
 
+from tunesmith.config import REPETITION_PENALTY
 from tunesmith.infer.load import model_dir
 from tunesmith.lm.chat import prompt_text
 from tunesmith.lm.tokens import pad_rows
@@ -28,7 +29,7 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
-    repetition_penalty: float = 1.0  # > 1 makes tokens already in the text less likely (CTRL's penalty)
+    repetition_penalty: float = REPETITION_PENALTY  # > 1 makes tokens already in the text less likely (CTRL's)
 
     def kwargs(self, tokenizer) -> dict:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -179,7 +179,8 @@ def test_runs_list_fits_80_columns_and_never_cuts_a_name():
     rows = [
         {"id": n, "name": f"customer-support-intents-{n}", "status": "done", "method": "classify",
          "model": "minilm-l6", "path": f"/very/long/path/to/the/runs/customer-support-intents-{n}-20261202-101500",
-         "metrics": {"tuned_accuracy": 0.9123, "tuned_macro_f1": 0.8877, "baseline_accuracy": 0.7, "baseline_macro_f1": 0.6}}
+         "metrics": {"tuned_accuracy": 0.9123, "tuned_macro_f1": 0.8877, "baseline_accuracy": 0.7,
+                     "baseline_macro_f1": 0.6}}
         for n in (1, 12)
     ]  # fmt: skip
     narrow = run_lines(rows, wide=False)

@@ -9,7 +9,7 @@ from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
 from tunesmith.lm.logprobs import sequence_logprobs
-from tunesmith.methods.dpo import Pairs, dpo_loss, scores
+from tunesmith.methods.dpo import DpoConfig, Pairs, dpo_loss, pair_losses, scores
 
 ROWS = [
     {"prompt": [{"role": "user", "content": "Say hi"}], "chosen": "Hello there!", "rejected": "Go away."},
@@ -34,17 +34,41 @@ def test_the_loss_equals_a_hand_computation(tiny_lm, tokenizer):
     want = [full_logprob(model, *side) for side in pairs.chosen + pairs.rejected]
     assert policy.tolist() == pytest.approx(want, abs=1e-4)
     ref = torch.tensor([-30.0, -12.0, -25.0, -20.0])  # chosen 0, chosen 1, rejected 0, rejected 1
-    loss, metrics = dpo_loss(policy, ref, beta=0.5)
+    loss, metrics = dpo_loss(policy, ref, DpoConfig(beta=0.5))
     by_hand = [0.5 * ((want[i] - ref[i].item()) - (want[i + 2] - ref[i + 2].item())) for i in (0, 1)]
     assert loss.item() == pytest.approx(sum(-F.logsigmoid(torch.tensor(m)).item() for m in by_hand), abs=1e-4)
     assert metrics["reward_margin"].item() == pytest.approx(sum(by_hand), abs=1e-4)
     assert metrics["reward_accuracy"].item() == sum(m > 0 for m in by_hand)
 
 
+def test_ipo_and_label_smoothing_equal_their_formulas():
+    h = torch.tensor([2.0, -1.0, 0.5])
+    beta, eps = 0.2, 0.1
+    ipo = pair_losses(h, DpoConfig(beta=beta, loss="ipo"))
+    assert ipo.tolist() == pytest.approx([(x - 1 / (2 * beta)) ** 2 for x in h.tolist()])
+    smooth = pair_losses(h, DpoConfig(beta=beta, label_smoothing=eps))
+    want = [-(1 - eps) * F.logsigmoid(torch.tensor(beta * x)) - eps * F.logsigmoid(torch.tensor(-beta * x)) for x in h]
+    assert smooth.tolist() == pytest.approx([w.item() for w in want])
+    with pytest.raises(ValueError, match="label_smoothing applies to loss sigmoid only"):
+        DpoConfig(loss="ipo", label_smoothing=0.1)
+
+
+def test_per_token_logprobs_for_ipo(tiny_lm, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    batch = Pairs(tokenizer, ROWS, max_length=64).collate([0, 1])
+    with torch.no_grad():
+        total, mean = sequence_logprobs(model, batch), sequence_logprobs(model, batch, mean=True)
+    tokens = (batch["labels"][:, 1:] != -100).sum(1)
+    assert mean.tolist() == pytest.approx((total / tokens).tolist(), abs=1e-5)
+
+
 def test_the_untuned_model_scores_against_itself_at_log_2():
     lp = torch.tensor([[-3.0, -5.0], [-4.0, -1.0]])
-    assert scores(lp, lp, beta=0.1) == {"preference_accuracy": 0.5, "logp_margin": -0.5, "reward_accuracy": 0.0,
-                                        "reward_margin": 0.0, "loss": pytest.approx(0.693147, abs=1e-6)}  # fmt: skip
+    want = {"preference_accuracy": 0.5, "logp_margin": -0.5, "reward_accuracy": 0.0, "reward_margin": 0.0,
+            "loss": pytest.approx(0.693147, abs=1e-6)}  # fmt: skip
+    assert scores(lp, lp, DpoConfig(beta=0.1)) == want
 
 
 def test_a_pair_with_the_same_tokens_names_its_row_or_is_skipped_and_counted(tokenizer):
@@ -82,6 +106,16 @@ def test_a_short_run_prefers_the_chosen_replies_more_often_than_the_untuned_mode
     assert api.list_runs(tmp_path / "runs")[-1]["metrics"]["tuned_preference_accuracy"] > 0
 
 
+@pytest.mark.parametrize("section", [{"loss": "ipo"}, {"label_smoothing": 0.1}])
+def test_ipo_and_conservative_dpo_learn_the_preference_too(tiny_lm, tmp_path, fixtures, section):
+    run = api.train(dpo_config(tiny_lm, tmp_path, fixtures, dpo={"beta": 0.5} | section), quiet=True)
+    ev = json.loads((run / "eval.json").read_text())
+    assert all(ev[k] == v for k, v in section.items())
+    untuned_loss = pair_losses(torch.zeros(1), DpoConfig(beta=0.5, **section)).item()  # h = 0: log 2, or IPO's 1
+    assert ev["tuned"]["reward_accuracy"] > 0.5 and ev["tuned"]["loss"] < untuned_loss
+    assert ev["tuned"]["preference_accuracy"] >= ev["baseline"]["preference_accuracy"]
+
+
 def test_under_lora_the_reference_is_the_adapter_switched_off(tiny_lm, tmp_path, fixtures):
     cfg = dpo_config(tiny_lm, tmp_path, fixtures, lora={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
                      data={"val_fraction": 0.2}, train={"epochs": 2, "lr": 1e-2})  # fmt: skip
@@ -103,6 +137,10 @@ def test_the_dpo_section_is_checked_at_load_time(tiny_lm):
         config_from_dict(base | {"dpo": {"betta": 1}})
     with pytest.raises(TunesmithError, match="dpo: a section of method dpo, but method is sft"):
         config_from_dict(base | {"method": "sft", "dpo": {"beta": 1}})
+    with pytest.raises(TunesmithError, match="label_smoothing applies to loss sigmoid only"):
+        config_from_dict(base | {"dpo": {"loss": "ipo", "label_smoothing": 0.1}})
+    with pytest.raises(TunesmithError, match="dpo.loss"):
+        config_from_dict(base | {"dpo": {"loss": "hinge"}})
 
 
 def test_data_of_another_shape_is_a_clear_error(tiny_lm, tmp_path, fixtures):

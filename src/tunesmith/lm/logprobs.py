@@ -40,11 +40,15 @@ def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """(B,) log-probability of each row's targets (e.g. a response given its prompt), summed over its tokens."""
+def sequence_logprobs(model: torch.nn.Module, batch: Batch, mean: bool = False) -> torch.Tensor:
+    """(B,) log-probability of each row's targets (e.g. a response given its prompt), summed over its tokens, or
+    with `mean` averaged over them (IPO compares length-normalised log-probs)."""
     logits, targets, rows = target_logits(model, batch)
     per_token = -F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
-    return torch.zeros(batch["labels"].shape[0], device=per_token.device).index_add_(0, rows, per_token)
+    total = torch.zeros(batch["labels"].shape[0], device=per_token.device).index_add_(0, rows, per_token)
+    if not mean:
+        return total
+    return total / torch.zeros_like(total).index_add_(0, rows, torch.ones_like(per_token)).clamp(min=1)
 
 
 @torch.no_grad()

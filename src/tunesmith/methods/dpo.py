@@ -1,20 +1,23 @@
 """Direct preference optimisation (Rafailov et al., 2023): a causal LM learns to prefer the chosen reply over
-the rejected one, by more than the untuned model (the reference) did, with the sigmoid loss
+the rejected one, by more than the untuned model (the reference) did. With the log-ratio gap of a pair
 
-    loss = -log sigmoid(beta * ((log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))))
+    h = (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))
 
-on the reply tokens only. The reference is never a second copy of the model: under LoRA it is the same model
-with the adapter switched off; under full fine-tuning its log-probabilities are computed once, before training.
+on the reply tokens only, the loss is -log sigmoid(beta * h) (sigmoid; with label smoothing e, conservative DPO:
+-(1 - e) log sigmoid(beta * h) - e log sigmoid(-beta * h)), or IPO's (h - 1 / (2 beta))^2 on per-token log-probs.
+The reference is never a second copy of the model: under LoRA it is the same model with the adapter switched
+off; under full fine-tuning its log-probabilities are computed once, before training.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tunesmith.config import RunConfig, Strict
 from tunesmith.data.prepared import read_rows
@@ -31,6 +34,17 @@ from tunesmith.train.loop import Batch, Task, fit
 
 class DpoConfig(Strict):
     beta: float = Field(0.1, gt=0)  # how far the model may move from the reference: higher keeps it closer
+    # sigmoid: DPO (Rafailov et al. 2023); ipo: the squared loss of IPO (Azar et al. 2023) on length-normalised
+    # log-probs, which does not push the margin to infinity on pairs the model already separates
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    # sigmoid only: the chance a pair's preference is wrong (conservative DPO); 0 trusts every pair
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _smoothing_is_for_sigmoid(self) -> DpoConfig:
+        if self.loss == "ipo" and self.label_smoothing:
+            raise ValueError("label_smoothing applies to loss sigmoid only; IPO has no label noise term")
+        return self
 
 
 def _cut(ids: list[int], targets: list[int], max_length: int) -> tuple[list[int], list[int]]:
@@ -89,57 +103,68 @@ class Pairs:
                 "dropped_same_reply": self.same}  # fmt: skip
 
 
-def dpo_loss(policy: torch.Tensor, ref: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The sigmoid DPO loss summed over B pairs, from (2B,) log-probs (chosen then rejected), with the metrics
-    logged each step (summed too: the loop averages both)."""
+def pair_losses(h: torch.Tensor, cfg: DpoConfig) -> torch.Tensor:
+    """(B,) losses from h = (chosen - ref chosen) - (rejected - ref rejected), the log-ratio gap of each pair."""
+    if cfg.loss == "ipo":
+        return (h - 1 / (2 * cfg.beta)) ** 2
+    margin, eps = cfg.beta * h, cfg.label_smoothing
+    return -(1 - eps) * F.logsigmoid(margin) - eps * F.logsigmoid(-margin)
+
+
+def dpo_loss(policy: torch.Tensor, ref: torch.Tensor, cfg: DpoConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss summed over B pairs, from (2B,) log-probs (chosen then rejected), with the metrics logged each step
+    (summed too: the loop averages both)."""
     chosen, rejected = policy.chunk(2)
     ref_chosen, ref_rejected = ref.chunk(2)
-    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))  # (B,) implicit reward of chosen - rejected
+    h = (chosen - ref_chosen) - (rejected - ref_rejected)
+    margin = cfg.beta * h  # (B,) implicit reward of chosen - rejected
     metrics = {
         "reward_margin": margin.sum().detach(),
         "reward_accuracy": (margin > 0).float().sum(),
         "logp_chosen": chosen.sum().detach(),
         "logp_rejected": rejected.sum().detach(),
     }
-    return -F.logsigmoid(margin).sum(), metrics
+    return pair_losses(h, cfg).sum(), metrics
 
 
-def reference_logprobs(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def reference_logprobs(model: torch.nn.Module, batch: Batch, mean: bool = False) -> torch.Tensor:
     """Precomputed (full fine-tuning), or the same model with its LoRA adapter switched off."""
     if "ref" in batch:
         return batch["ref"]
     with torch.no_grad(), model.disable_adapter():
-        return sequence_logprobs(model, batch)
+        return sequence_logprobs(model, batch, mean)
 
 
 @torch.no_grad()
-def logprobs(model: torch.nn.Module, pairs: Pairs, batch_size: int) -> torch.Tensor:
-    """(N, 2) log-probs of each pair's chosen and rejected reply; the model should be in eval mode."""
+def logprobs(model: torch.nn.Module, pairs: Pairs, batch_size: int, mean: bool = False) -> torch.Tensor:
+    """(N, 2) log-probs of each pair's chosen and rejected reply (per token with `mean`); the model should be in
+    eval mode."""
     device = next(model.parameters()).device
     out = torch.zeros(len(pairs), 2)
     order = np.argsort(-pairs.lengths, kind="stable")
     for at in range(0, len(order), batch_size):
         idx = order[at : at + batch_size]
         b = pairs.collate(idx)
-        lp = sequence_logprobs(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+        lp = sequence_logprobs(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}, mean)
         out[torch.as_tensor(idx)] = lp.float().cpu().reshape(2, -1).T
     return out
 
 
-def scores(policy: torch.Tensor, ref: torch.Tensor | None, beta: float) -> dict[str, float]:
+def scores(policy: torch.Tensor, ref: torch.Tensor | None, cfg: DpoConfig) -> dict[str, float]:
     """Over (N, 2) log-probs: how often the model itself puts the chosen reply above the rejected one (comparable
     between tuned and untuned), and, against a reference, DPO's implicit-reward accuracy, margin and loss."""
     gap = policy[:, 0] - policy[:, 1]
     out = {"preference_accuracy": float((gap > 0).float().mean()), "logp_margin": float(gap.mean())}
     if ref is not None:
-        margin = beta * (gap - (ref[:, 0] - ref[:, 1]))
-        out |= {"reward_accuracy": float((margin > 0).float().mean()), "reward_margin": float(margin.mean()),
-                "loss": float(-F.logsigmoid(margin).mean())}  # fmt: skip
+        h = gap - (ref[:, 0] - ref[:, 1])
+        out |= {"reward_accuracy": float((h > 0).float().mean()), "reward_margin": float(cfg.beta * h.mean()),
+                "loss": float(pair_losses(h, cfg).mean())}  # fmt: skip
     return out
 
 
 def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -> Task:
-    t, beta, train, val = cfg.train, cfg.section().beta, pairs["train"], pairs.get("val")
+    t, dpo, train, val = cfg.train, cfg.section(), pairs["train"], pairs.get("val")
+    mean = dpo.loss == "ipo"
 
     def setup(device: torch.device) -> None:
         """Reference log-probs of the untrained model: for every split under full fine-tuning, for val alone
@@ -147,16 +172,16 @@ def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -
         model.eval()
         for name, split in pairs.items():
             if cfg.lora is None or name != "train":
-                split.ref = logprobs(model, split, t.batch_size)
+                split.ref = logprobs(model, split, t.batch_size, mean)
 
     def batches(epoch: int) -> list[np.ndarray]:
         return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)
 
     def loss(m: torch.nn.Module, batch: Batch):
-        return dpo_loss(sequence_logprobs(m, batch), reference_logprobs(m, batch), beta)
+        return dpo_loss(sequence_logprobs(m, batch, mean), reference_logprobs(m, batch, mean), dpo)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        return scores(logprobs(m, val, t.batch_size), val.ref, beta)
+        return scores(logprobs(m, val, t.batch_size, mean), val.ref, dpo)
 
     return Task(model=model, batches=batches, loss=loss, collate=train.collate, setup=setup,
                 evaluate=evaluate if val is not None and len(val) else None)  # fmt: skip
@@ -181,18 +206,18 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
     result = fit(make_task(model, pairs, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
-    beta = cfg.section().beta
-    report = {"beta": beta, "data": {name: p.report() for name, p in pairs.items()}, "train": result.summary()}
+    dpo = cfg.section()
+    report = {**dpo.model_dump(), "data": {name: p.report() for name, p in pairs.items()}, "train": result.summary()}
     test = pairs.get("test")
     if test is not None and len(test):
         model.eval()
         report |= {
             "test_rows": len(test),
-            "tuned": scores(logprobs(model, test, cfg.train.batch_size), test.ref, beta),
+            "tuned": scores(logprobs(model, test, cfg.train.batch_size, dpo.loss == "ipo"), test.ref, dpo),
             "reward_note": "implicit rewards are beta * log(tuned / untuned): the untuned model's are all zero",
         }
         if cfg.eval.baseline:
-            report["baseline"] = scores(test.ref, None, beta)
+            report["baseline"] = scores(test.ref, None, dpo)
     save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
     return report
 

@@ -42,8 +42,8 @@ def test_a_temperature_is_kept_only_where_held_out_ece_improves():
     sharp = choose_temperature(logits * 4, y, bins=15)
     assert sharp["chosen"] == "fitted" and sharp["cv_ece_fitted"] < sharp["cv_ece_t1"] and sharp["temperature"] > 2
     rng = np.random.default_rng(0)
-    conf = rng.uniform(0.5, 1.0, 60)  # already calibrated, and small: a fitted T only adds noise
-    labels = np.where(rng.uniform(size=60) < conf, 0, 1)
+    conf = rng.uniform(0.5, 1.0, 1000)  # already calibrated: a fitted T only adds noise
+    labels = np.where(rng.uniform(size=1000) < conf, 0, 1)
     calibrated = np.log(np.stack([conf, 1 - conf], 1))
     kept = choose_temperature(calibrated, labels, bins=15)
     assert kept["temperature"] == 1.0 and kept["chosen"] == "none" and "did not help" in kept["why"]

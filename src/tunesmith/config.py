@@ -20,7 +20,7 @@ class Strict(BaseModel):
 # One default for generate, chat and the samples eval.generate scores: at 1.0 small models fall into loops
 # ("The City of Light" x14); CTRL's penalty at 1.1 breaks them and leaves ordinary repeats possible.
 REPETITION_PENALTY = 1.1
-SHAPES = ("classify", "instruction", "chat", "preference", "text")
+SHAPES = ("classify", "instruction", "chat", "preference", "feedback", "text")
 PII_ENTITIES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL", "PERSON", "LOCATION")
 
 

@@ -49,6 +49,7 @@ SCHEMAS = {
     "instruction": [("prompt", pa.string()), ("response", pa.string())],
     "chat": [("messages", MESSAGES)],
     "preference": [("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string())],
+    "feedback": [("prompt", MESSAGES), ("completion", pa.string()), ("label", pa.bool_())],
     "text": [("text", pa.string()), ("doc", pa.int64())],
 }
 EXAMPLES_PER_REASON = 3

@@ -5,6 +5,8 @@ Canonical examples (the columns of the prepared Parquet files):
 - instruction: prompt, response (+ references: every reference answer, when data.references names them)
 - chat:        messages = [{role, content}, ...] (system?, then user/assistant alternating, ending with assistant)
 - preference:  prompt = [{role, content}, ...], chosen, rejected (the two final assistant replies)
+- feedback:    prompt = [{role, content}, ...], completion, label (true: a desirable reply, false: not; thumbs
+               up/down, unpaired)
 - text:        text (raw documents; chunked by tokens later)
 """
 
@@ -32,6 +34,7 @@ NEEDS = {
     "instruction": ("prompt", "response"),
     "chat": ("messages",),
     "preference": ("chosen", "rejected"),
+    "feedback": ("prompt", "response", "label"),
     "text": ("text",),
 }
 ROLES = {
@@ -46,6 +49,8 @@ ROLES = {
     "chatbot": "assistant",
 }
 MISSING_LABELS = {"", "nan", "none", "null"}
+FLAGS = {"true": True, "1": True, "yes": True, "up": True, "good": True, "1.0": True,
+         "false": False, "0": False, "no": False, "down": False, "bad": False, "0.0": False}  # fmt: skip
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
@@ -101,6 +106,20 @@ class Mapper:
             ex["references"] = [r for r in given if isinstance(r, str) and r.strip()] or [response]
         return ex
 
+    def _feedback(self, row: dict) -> dict:
+        prompt = row[self.fields["prompt"]]
+        turns = (
+            conversation(prompt, self.fields["prompt"], need_reply=False)
+            if isinstance(prompt, list)
+            else [{"role": "user", "content": _string(prompt, self.fields["prompt"])}]
+        )
+        completion = _reply(row[self.fields["response"]], self.fields["response"])
+        return {
+            "prompt": turns,
+            "completion": completion,
+            "label": flag(row[self.fields["label"]], self.fields["label"]),
+        }
+
     def _chat(self, row: dict) -> dict:
         return {"messages": conversation(row[self.fields["messages"]], self.fields["messages"])}
 
@@ -140,6 +159,16 @@ def label_name(value, field: str) -> str:
     if not number.is_finite():
         return text
     return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
+
+
+def flag(value, field: str) -> bool:
+    """A feedback label: desirable or not (true/false, 1/0, yes/no, up/down, good/bad)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if value is not None else ""
+    if text in FLAGS:
+        return FLAGS[text]
+    raise RowProblem(f"label in {field!r} is {value!r}; allowed: true/false, 1/0, yes/no, up/down, good/bad")
 
 
 def _string(value, field: str) -> str:
@@ -279,6 +308,8 @@ def _guess(found: dict, row: dict, has_template: bool) -> str | None:
         return "chat"
     if {"chosen", "rejected"} <= present:
         return "preference"
+    if {"prompt", "response", "label"} <= present and isinstance(row[found["label"]], bool):
+        return "feedback"
     if "response" in present and ("prompt" in present or has_template):
         return "instruction"
     if {"text", "label"} <= present:
@@ -297,6 +328,8 @@ def texts_of(shape: str, ex: dict) -> list[str]:
         return [m["content"] for m in ex["messages"]]
     if shape == "preference":
         return [m["content"] for m in ex["prompt"]] + [ex["chosen"], ex["rejected"]]
+    if shape == "feedback":
+        return [m["content"] for m in ex["prompt"]] + [ex["completion"]]
     if shape == "instruction":
         return [ex["prompt"], ex["response"], *ex.get("references", ())]
     return [ex["text"]]
@@ -318,6 +351,10 @@ def with_texts(shape: str, ex: dict, texts: list[str]) -> dict:
             "chosen": texts[n],
             "rejected": texts[n + 1],
         }
+    if shape == "feedback":
+        n = len(ex["prompt"])
+        turns = [m | {"content": t} for m, t in zip(ex["prompt"], texts)]
+        return {"prompt": turns, "completion": texts[n], "label": ex["label"]}
     if shape == "instruction":
         return {"prompt": texts[0], "response": texts[1]} | ({"references": texts[2:]} if "references" in ex else {})
     return ex | {"text": texts[0]}

@@ -51,6 +51,33 @@ def sequence_logprobs(model: torch.nn.Module, batch: Batch, mean: bool = False) 
     return total / torch.zeros_like(total).index_add_(0, rows, torch.ones_like(per_token)).clamp(min=1)
 
 
+def reference_logprobs(model: torch.nn.Module, batch: Batch, mean: bool = False) -> torch.Tensor:
+    """The reference model's sequence log-probs: precomputed in the batch (full fine-tuning: once, before
+    training), or the same model with its LoRA adapter switched off. Never a second copy of the model."""
+    if "ref" in batch:
+        return batch["ref"]
+    with torch.no_grad(), model.disable_adapter():
+        return sequence_logprobs(model, batch, mean)
+
+
+@torch.no_grad()
+def split_logprobs(model: torch.nn.Module, data, batch_size: int, mean: bool = False) -> torch.Tensor:
+    """(N, k) sequence log-probs over a split whose collate(idx) puts k rows per item (k groups of B rows, e.g.
+    chosen then rejected); longest items first. The model should be in eval mode."""
+    device = next(model.parameters()).device
+    out = None
+    order = np.argsort(-data.lengths, kind="stable")
+    for at in range(0, len(order), batch_size):
+        idx = order[at : at + batch_size]
+        b = data.collate(idx)
+        lp = sequence_logprobs(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}, mean)
+        per_item = lp.float().cpu().reshape(-1, len(idx)).T  # (B, k)
+        if out is None:
+            out = torch.zeros(len(data), per_item.shape[1])
+        out[torch.as_tensor(idx)] = per_item
+    return out if out is not None else torch.zeros(0, 1)
+
+
 @torch.no_grad()
 def mean_loss(model: torch.nn.Module, data: Tokens, batch_size: int = 8) -> float:
     """Mean loss per target token over a split (its exp is the perplexity). The model should be in eval mode."""

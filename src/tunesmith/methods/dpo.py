@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from tunesmith.config import RunConfig, Strict
 from tunesmith.data.prepared import read_rows
 from tunesmith.errors import TunesmithError
-from tunesmith.lm.logprobs import sequence_logprobs
+from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
 from tunesmith.lm.tokens import IGNORE, encode, has_targets, no_target_error, pad_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
@@ -127,29 +127,6 @@ def dpo_loss(policy: torch.Tensor, ref: torch.Tensor, cfg: DpoConfig) -> tuple[t
     return pair_losses(h, cfg).sum(), metrics
 
 
-def reference_logprobs(model: torch.nn.Module, batch: Batch, mean: bool = False) -> torch.Tensor:
-    """Precomputed (full fine-tuning), or the same model with its LoRA adapter switched off."""
-    if "ref" in batch:
-        return batch["ref"]
-    with torch.no_grad(), model.disable_adapter():
-        return sequence_logprobs(model, batch, mean)
-
-
-@torch.no_grad()
-def logprobs(model: torch.nn.Module, pairs: Pairs, batch_size: int, mean: bool = False) -> torch.Tensor:
-    """(N, 2) log-probs of each pair's chosen and rejected reply (per token with `mean`); the model should be in
-    eval mode."""
-    device = next(model.parameters()).device
-    out = torch.zeros(len(pairs), 2)
-    order = np.argsort(-pairs.lengths, kind="stable")
-    for at in range(0, len(order), batch_size):
-        idx = order[at : at + batch_size]
-        b = pairs.collate(idx)
-        lp = sequence_logprobs(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}, mean)
-        out[torch.as_tensor(idx)] = lp.float().cpu().reshape(2, -1).T
-    return out
-
-
 def scores(policy: torch.Tensor, ref: torch.Tensor | None, cfg: DpoConfig) -> dict[str, float]:
     """Over (N, 2) log-probs: how often the model itself puts the chosen reply above the rejected one (comparable
     between tuned and untuned), and, against a reference, DPO's implicit-reward accuracy, margin and loss."""
@@ -172,7 +149,7 @@ def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -
         model.eval()
         for name, split in pairs.items():
             if cfg.lora is None or name != "train":
-                split.ref = logprobs(model, split, t.batch_size, mean)
+                split.ref = split_logprobs(model, split, t.batch_size, mean)
 
     def batches(epoch: int) -> list[np.ndarray]:
         return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)
@@ -181,7 +158,7 @@ def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -
         return dpo_loss(sequence_logprobs(m, batch, mean), reference_logprobs(m, batch, mean), dpo)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        return scores(logprobs(m, val, t.batch_size, mean), val.ref, dpo)
+        return scores(split_logprobs(m, val, t.batch_size, mean), val.ref, dpo)
 
     return Task(model=model, batches=batches, loss=loss, collate=train.collate, setup=setup,
                 evaluate=evaluate if val is not None and len(val) else None)  # fmt: skip
@@ -213,7 +190,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         model.eval()
         report |= {
             "test_rows": len(test),
-            "tuned": scores(logprobs(model, test, cfg.train.batch_size, dpo.loss == "ipo"), test.ref, dpo),
+            "tuned": scores(split_logprobs(model, test, cfg.train.batch_size, dpo.loss == "ipo"), test.ref, dpo),
             "reward_note": "implicit rewards are beta * log(tuned / untuned): the untuned model's are all zero",
         }
         if cfg.eval.baseline:

@@ -17,7 +17,7 @@ def test_sft_run_beats_the_base_model_and_saves_a_plain_transformers_model(tiny_
     assert api.show_run(run)["status"] == "done"
     from tunesmith.errors import TunesmithError
 
-    with pytest.raises(TunesmithError, match="a sft run is a text generator, not a classifier"):
+    with pytest.raises(TunesmithError, match="a sft run is not a classifier; use tunesmith generate or chat"):
         api.predict(run, ["hello"])
 
 

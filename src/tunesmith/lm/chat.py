@@ -27,7 +27,7 @@ def render(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]
     reply with its end-of-turn marker. Spans come from rendering growing prefixes of the conversation."""
     if not tokenizer.chat_template:
         head = prompt_text(tokenizer, messages[:-1])
-        text = head + messages[-1]["content"] + tokenizer.eos_token
+        text = head + messages[-1]["content"] + (tokenizer.eos_token or "")  # an encoder has none
         return text, [(len(head), len(text))]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []

@@ -17,7 +17,7 @@ from tunesmith.files import staged_dir
 from tunesmith.models import zoo
 from tunesmith.models.build import build_classifier
 
-CLASSIFIER, CAUSAL_LM = "classifier", "causal-lm"
+CLASSIFIER, CAUSAL_LM, REWARD = "classifier", "causal-lm", "reward-model"
 
 
 def save_model(model, tokenizer, meta: dict, out: Path) -> None:
@@ -58,9 +58,9 @@ def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
     zoo.quiet_transformers()
     meta = read_meta(model_dir)
     if meta["kind"] != CLASSIFIER:
+        use = "it scores (prompt, completion) pairs" if meta["kind"] == REWARD else "use tunesmith generate or chat"
         raise TunesmithError(
-            f"{model_dir.parent}: a {meta['method']} run is a text generator, not a classifier; "
-            f"use tunesmith generate or tunesmith chat (its test scores are in eval.json)"
+            f"{model_dir.parent}: a {meta['method']} run is not a classifier; {use} (its test scores are in eval.json)"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if meta["lora"]:
@@ -82,4 +82,16 @@ def load_causal_lm(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
     if meta["kind"] != CAUSAL_LM:
         raise TunesmithError(f"{model_dir.parent}: a {meta['method']} run has no text generator; use tunesmith predict")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(model_dir), meta
+
+
+def load_reward(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
+    """A saved reward model (a one-output sequence-classification head, LoRA merged) in eval mode."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    zoo.quiet_transformers()
+    meta = read_meta(model_dir)
+    if meta["kind"] != REWARD:
+        raise TunesmithError(f"{model_dir.parent}: a {meta['method']} run is not a reward model")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
     return model.eval(), AutoTokenizer.from_pretrained(model_dir), meta

@@ -106,6 +106,15 @@ def test_a_short_run_prefers_the_chosen_replies_more_often_than_the_untuned_mode
     assert api.list_runs(tmp_path / "runs")[-1]["metrics"]["tuned_preference_accuracy"] > 0
 
 
+def test_forgetting_on_general_text_is_reported_beside_the_preference(tiny_lm, tmp_path, fixtures):
+    general = tmp_path / "general.txt"
+    general.write_text(" ".join(ln.split("\t")[0] for ln in (fixtures / "sst2_dev.tsv").read_text().splitlines()[1:]))
+    cfg = dpo_config(tiny_lm, tmp_path, fixtures, eval={"general_text": str(general), "general_tokens": 500})
+    ev = json.loads((api.train(cfg, quiet=True) / "eval.json").read_text())
+    base, tuned = ev["baseline"]["general_perplexity"], ev["tuned"]["general_perplexity"]
+    assert ev["forgetting"]["ppl_ratio"] == pytest.approx(tuned / base) and base > 1
+
+
 @pytest.mark.parametrize("section", [{"loss": "ipo"}, {"label_smoothing": 0.1}])
 def test_ipo_and_conservative_dpo_learn_the_preference_too(tiny_lm, tmp_path, fixtures, section):
     run = api.train(dpo_config(tiny_lm, tmp_path, fixtures, dpo={"beta": 0.5} | section), quiet=True)

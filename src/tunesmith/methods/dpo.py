@@ -22,6 +22,8 @@ from pydantic import Field, model_validator
 from tunesmith.config import RunConfig, Strict
 from tunesmith.data.prepared import read_rows
 from tunesmith.errors import TunesmithError
+from tunesmith.eval import forgetting
+from tunesmith.eval.forgetting import Forgetting
 from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
 from tunesmith.lm.tokens import IGNORE, encode, has_targets, no_target_error, pad_rows
 from tunesmith.methods import Method
@@ -182,6 +184,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     torch.manual_seed(cfg.train.seed)
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
+    forgets = Forgetting(tokenizer, cfg)
+    general_before = forgets.scores(model.eval())
     result = fit(make_task(model, pairs, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
     dpo = cfg.section()
     report = {**dpo.model_dump(), "data": {name: p.report() for name, p in pairs.items()}, "train": result.summary()}
@@ -193,8 +197,10 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
             "tuned": scores(split_logprobs(model, test, cfg.train.batch_size, dpo.loss == "ipo"), test.ref, dpo),
             "reward_note": "implicit rewards are beta * log(tuned / untuned): the untuned model's are all zero",
         }
+        report["tuned"] |= forgets.scores(model)
         if cfg.eval.baseline:
-            report["baseline"] = scores(test.ref, None, dpo)
+            report |= forgets.report(general_before, report["tuned"])
+            report["baseline"] = general_before | scores(test.ref, None, dpo)
     save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
     return report
 
@@ -211,11 +217,13 @@ METHODS = (
             ("reward_accuracy", False),
             ("reward_margin", False),
             ("loss", True),
+            ("general_perplexity", True),
         ),  # fmt: skip
         val_metrics=("loss", "reward_accuracy", "reward_margin", "preference_accuracy"),
         headline=("preference_accuracy",),
         section=DpoConfig,
+        options=forgetting.OPTIONS,
         figures=("before_after",),
-        panels=(("preference accuracy on held-out pairs", ("preference_accuracy",)),),
+        panels=(("preference accuracy on held-out pairs", ("preference_accuracy",)), forgetting.PANEL),
     ),
 )

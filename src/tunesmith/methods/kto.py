@@ -22,6 +22,8 @@ from sklearn.metrics import roc_auc_score
 from tunesmith.config import RunConfig, Strict
 from tunesmith.data.prepared import data_shape, read_rows
 from tunesmith.errors import TunesmithError
+from tunesmith.eval import forgetting
+from tunesmith.eval.forgetting import Forgetting
 from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
 from tunesmith.lm.tokens import IGNORE, encode, has_targets, no_target_error, pad_rows
 from tunesmith.methods import Method
@@ -175,6 +177,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     torch.manual_seed(cfg.train.seed)
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
+    forgets = Forgetting(tokenizer, cfg)
+    general_before = forgets.scores(model.eval())
     result = fit(make_task(model, data, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
     kto = cfg.section()
     report = {**kto.model_dump(), "data": {n: c.report() for n, c in data.items()}, "train": result.summary()}
@@ -186,8 +190,10 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
             "tuned": scores(split_logprobs(model, test, cfg.train.batch_size), test.ref, test.good, kto),
             "reward_note": "implicit rewards are beta * log(tuned / untuned): the untuned model's are all zero",
         }
+        report["tuned"] |= forgets.scores(model)
         if cfg.eval.baseline:
-            report["baseline"] = scores(test.ref, None, test.good, kto)
+            report |= forgets.report(general_before, report["tuned"])
+            report["baseline"] = general_before | scores(test.ref, None, test.good, kto)
     save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
     return report
 
@@ -204,11 +210,13 @@ METHODS = (
             ("reward_accuracy", False),
             ("kl", True),
             ("loss", True),
+            ("general_perplexity", True),
         ),  # fmt: skip
         val_metrics=("loss", "reward_accuracy", "desirable_auc"),
         headline=("desirable_auc",),
         section=KtoConfig,
+        options=forgetting.OPTIONS,
         figures=("before_after",),
-        panels=(("desirable-vs-undesirable AUC of held-out completions", ("desirable_auc",)),),
+        panels=(("desirable-vs-undesirable AUC of held-out completions", ("desirable_auc",)), forgetting.PANEL),
     ),
 )

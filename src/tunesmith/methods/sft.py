@@ -13,10 +13,12 @@ import torch
 from tunesmith.config import RunConfig
 from tunesmith.data.prepared import data_shape, read_rows
 from tunesmith.errors import TunesmithError
+from tunesmith.eval import forgetting
+from tunesmith.eval.forgetting import Forgetting
 from tunesmith.infer.generator import Generator, Sampling
 from tunesmith.lm.chat import as_messages
 from tunesmith.lm.logprobs import loss_metrics, mean_loss, token_loss
-from tunesmith.lm.tokens import Packed, Tokens, text_windows
+from tunesmith.lm.tokens import Packed, Tokens
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -50,11 +52,7 @@ class Scores:
 
     def __init__(self, cfg: RunConfig, tokenizer, tokens: dict[str, Tokens], test_rows: list[dict] | None):
         self.cfg, self.tokenizer, self.tokens = cfg, tokenizer, tokens
-        self.general = (
-            text_windows(tokenizer, cfg.eval.general_text, cfg.train.max_length, cfg.eval.general_tokens)
-            if cfg.eval.general_text
-            else None
-        )
+        self.forgetting = Forgetting(tokenizer, cfg)
         rows = (test_rows or [])[: cfg.eval.generate]
         self.prompts = [as_messages(r)[:-1] for r in rows]
         self.references = [r.get("references") or [as_messages(r)[-1]["content"]] for r in rows]
@@ -66,8 +64,7 @@ class Scores:
         out, test, bs = {}, self.tokens.get("test"), self.cfg.train.batch_size
         if test is not None and len(test):
             out |= loss_metrics(mean_loss(model, test, bs))
-        if self.general is not None:
-            out["general_perplexity"] = loss_metrics(mean_loss(model, self.general, bs))["perplexity"]
+        out |= self.forgetting.scores(model)
         if self.prompts:
             sampling = Sampling(self.cfg.eval.max_new_tokens, repetition_penalty=self.cfg.eval.repetition_penalty)
             said = Generator(model, self.tokenizer).replies(self.prompts, sampling)
@@ -119,12 +116,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         report |= {"test_rows": len(tokens["test"]) if "test" in tokens else 0, "tuned": tuned}
         if base:
             report["baseline"] = base
-        if base and "general_perplexity" in tuned:
-            report["forgetting"] = {
-                "general_text": cfg.eval.general_text,
-                "general_tokens": cfg.eval.general_tokens,
-                "ppl_ratio": tuned["general_perplexity"] / base["general_perplexity"],
-            }
+        report |= scores.forgetting.report(base, tuned)
     return report
 
 
@@ -142,7 +134,7 @@ PANELS = (
     ("perplexity (lower is better)", ("perplexity", "general_perplexity")),
     ("generation scores, 0-100 (higher is better)", ("rouge1", "rouge2", "rougeL", "bleu", "exact_match")),
 )
-FORGETTING = frozenset({"eval.general_text", "eval.general_tokens", "train.packing"})
+FORGETTING = forgetting.OPTIONS | {"train.packing"}
 METHODS = (
     Method(
         name="sft",

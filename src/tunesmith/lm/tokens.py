@@ -30,6 +30,13 @@ def encode(tokenizer, row: dict, shape: str, loss_on: str = "replies") -> tuple[
     return ids, targets
 
 
+def reply_tokens(tokenizer, prompt: list[dict], reply: str, max_length: int) -> tuple[list[int], list[int], bool]:
+    """Ids and reply targets of prompt turns + one assistant reply, cut to the last max_length tokens (a long
+    prompt loses its start, so that the reply, at the end, stays), and whether it was cut."""
+    ids, targets = encode(tokenizer, {"messages": [*prompt, {"role": "assistant", "content": reply}]}, "chat")
+    return ids[-max_length:], targets[-max_length:], len(ids) > max_length
+
+
 def has_targets(targets: list[int]) -> bool:
     """Whether a (truncated) example still has a token to learn from; the first token is never predicted."""
     return any(t != IGNORE for t in targets[1:])

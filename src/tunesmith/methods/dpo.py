@@ -25,7 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
 from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
-from tunesmith.lm.tokens import IGNORE, encode, has_targets, no_target_error, pad_rows
+from tunesmith.lm.tokens import IGNORE, has_targets, no_target_error, pad_rows, reply_tokens
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -49,11 +49,6 @@ class DpoConfig(Strict):
         return self
 
 
-def _cut(ids: list[int], targets: list[int], max_length: int) -> tuple[list[int], list[int]]:
-    """The last max_length tokens: a long prompt loses its start, so that the reply (at the end) stays."""
-    return ids[-max_length:], targets[-max_length:]
-
-
 class Pairs:
     """Token ids and reply targets of the chosen and the rejected conversation of each pair in one split."""
 
@@ -64,10 +59,9 @@ class Pairs:
         for n, row in enumerate(rows):
             sides = []
             for reply in (row["chosen"], row["rejected"]):
-                conversation = {"messages": [*row["prompt"], {"role": "assistant", "content": reply}]}
-                ids, targets = encode(tokenizer, conversation, "chat")
-                self.truncated += len(ids) > max_length
-                sides.append(_cut(ids, targets, max_length))
+                ids, targets, cut = reply_tokens(tokenizer, row["prompt"], reply, max_length)
+                self.truncated += cut
+                sides.append((ids, targets))
             if not all(has_targets(t) for _, t in sides):
                 if on_error == "fail":
                     raise no_target_error(split, n, max_length)

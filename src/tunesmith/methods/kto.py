@@ -25,7 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
 from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
-from tunesmith.lm.tokens import IGNORE, encode, has_targets, no_target_error, pad_rows
+from tunesmith.lm.tokens import IGNORE, has_targets, no_target_error, pad_rows, reply_tokens
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -47,19 +47,13 @@ def unpaired(rows: list[dict], shape: str) -> list[tuple[list[dict], str, bool]]
     return [(r["prompt"], reply, good) for r in rows for reply, good in ((r["chosen"], True), (r["rejected"], False))]
 
 
-def _cut(ids: list[int], targets: list[int], max_length: int) -> tuple[list[int], list[int]]:
-    """The last max_length tokens: a long prompt loses its start, so that the completion (at the end) stays."""
-    return ids[-max_length:], targets[-max_length:]
-
-
 class Completions:
     """Token ids and completion targets of each example, and of its mismatched twin (this prompt with the next
     example's completion), whose log-ratios estimate the KL term."""
 
     def __init__(self, tokenizer, examples: list, max_length: int, *, split: str = "", on_error: str = "fail"):
         def encoded(prompt: list[dict], completion: str) -> tuple[list[int], list[int]]:
-            conversation = {"messages": [*prompt, {"role": "assistant", "content": completion}]}
-            return _cut(*encode(tokenizer, conversation, "chat"), max_length)
+            return reply_tokens(tokenizer, prompt, completion, max_length)[:2]
 
         kept = []
         self.dropped = 0

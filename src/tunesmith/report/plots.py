@@ -18,22 +18,28 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+SECOND_AXIS = ("accuracy", "macro_f1", "preference_accuracy", "desirable_auc", "reward")  # the first one logged
+
+
 def loss_curves(metrics: list[dict]) -> str | None:
+    """Train (and validation) loss, with the first score of SECOND_AXIS on a second axis: from validation, or
+    from the training steps (GRPO's reward curve)."""
     train = [m for m in metrics if "loss" in m and "split" not in m]
     val = [m for m in metrics if m.get("split") == "val"]
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     ax.plot([m["step"] for m in train], [m["loss"] for m in train], label="train loss", lw=1.4)
-    if val:
+    if val and "loss" in val[0]:
         ax.plot([m["step"] for m in val], [m["loss"] for m in val], "o-", label="val loss", lw=1.4)
-        for key in ("accuracy", "macro_f1"):
-            if key in val[0]:
-                ax2 = ax.twinx()
-                ax2.plot([m["step"] for m in val], [m[key] for m in val], "s--", color="tab:green", label=f"val {key}")
-                ax2.set_ylabel(f"val {key}")
-                ax2.legend(loc="center right")
-                break
+    for rows, who, style in ((val, "val", "s--"), (train, "train", "-")):
+        key = next((k for k in SECOND_AXIS if rows and k in rows[0]), None)
+        if key:
+            ax2 = ax.twinx()
+            ax2.plot([m["step"] for m in rows], [m[key] for m in rows], style, color="tab:green", label=f"{who} {key}")
+            ax2.set_ylabel(f"{who} {key}")
+            ax2.legend(loc="center right")
+            break
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     ax.legend(loc="upper right")

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import sft_config
+from tunesmith import api
+from tunesmith.config import config_from_dict
+from tunesmith.errors import TunesmithError
+from tunesmith.methods.grpo import GrpoConfig, advantages, grpo_loss, load_rewards, score
+
+REWARDS = "tests.methods.grpo_rewards"
+
+
+def test_advantages_are_normalised_within_each_group():
+    adv, flat = advantages(np.array([1.0, 3.0, 2.0, 2.0]), group_size=2)
+    assert adv[:2] == pytest.approx([-1.0, 1.0], abs=1e-3) and adv[2:].tolist() == [0.0, 0.0]
+    assert flat.tolist() == [False, True]  # the second group carries no learning signal
+
+
+def test_the_loss_equals_a_hand_computation():
+    cfg = GrpoConfig(rewards=[{"function": f"{REWARDS}:short"}], beta=0.1, epsilon=0.2)
+    logp = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)  # tokens: two of completion 0, one of completion 1
+    rows = torch.tensor([0, 0, 1])
+    batch = {"advantages": torch.tensor([1.0, -1.0]), "old": torch.tensor([-1.5, -2.0, -0.4]),
+             "ref": torch.tensor([-1.0, -1.0, -1.0]), "reward_metrics": {}}  # fmt: skip
+    loss, metrics = grpo_loss(logp, rows, batch, cfg)
+
+    def token(lp, old, ref, a):
+        ratio = np.exp(lp - old)
+        surrogate = min(ratio * a, np.clip(ratio, 0.8, 1.2) * a)
+        return -surrogate + 0.1 * (np.exp(ref - lp) - (ref - lp) - 1)
+
+    want = (token(-1.0, -1.5, -1.0, 1.0) + token(-2.0, -2.0, -1.0, 1.0)) / 2 + token(-0.5, -0.4, -1.0, -1.0)
+    assert loss.item() == pytest.approx(want, abs=1e-5) and metrics["kl"].item() > 0
+
+
+def test_a_reward_that_fails_is_an_error_naming_it(tmp_path):
+    rewards = load_rewards(GrpoConfig(rewards=[{"function": f"{REWARDS}:{n}"} for n in ("wrong_count",)]))
+    with pytest.raises(TunesmithError, match=r"reward 'wrong_count' returned \[1.0\], not 2 numbers"):
+        score(rewards, ["a", "b"], ["x", "y"], {})
+    for name, message in (("not_a_number", "returned NaN"), ("broken", "raised KeyError: 'answer'")):
+        with pytest.raises(TunesmithError, match=f"reward '{name}' {message}"):
+            score(load_rewards(GrpoConfig(rewards=[{"function": f"{REWARDS}:{name}"}])), ["a"], ["x"], {})
+    with pytest.raises(TunesmithError, match=r"grpo.rewards\[0\].function 'no_such_module:f': ModuleNotFoundError"):
+        load_rewards(GrpoConfig(rewards=[{"function": "no_such_module:f"}]))
+    run = tmp_path / "a-classifier-run"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("{}")
+    (run / "model" / "tunesmith.json").write_text(json.dumps({"method": "classify", "kind": "classifier"}))
+    with pytest.raises(TunesmithError, match=r"grpo.rewards\[0\].run .*a classify run is not a reward model"):
+        load_rewards(GrpoConfig(rewards=[{"run": str(run)}]))
+
+
+def test_the_grpo_section_is_checked_at_load_time(tiny_lm):
+    base = {"model": str(tiny_lm), "data": {"train": "x.jsonl"}, "method": "grpo"}
+    with pytest.raises(TunesmithError, match=r"grpo.rewards: required but missing"):
+        config_from_dict(base)
+    with pytest.raises(TunesmithError, match="exactly one of function"):
+        config_from_dict(base | {"grpo": {"rewards": [{"function": "m:f", "run": "r"}]}})
+    with pytest.raises(TunesmithError, match=r"grpo.group_size: Input should be greater than or equal to 2"):
+        config_from_dict(base | {"grpo": {"rewards": [{"function": "m:f"}], "group_size": 1}})
+
+
+def grpo_config(tiny_lm, tmp_path, data, **grpo):
+    train = {"epochs": 2, "batch_size": 8, "lr": 1e-2, "warmup": 0, "max_length": 64, "log_every": 2}
+    cfg = sft_config(tiny_lm, tmp_path, data, method="grpo", train=train)
+    cfg["grpo"] = {"rewards": [{"function": f"{REWARDS}:short"}], "max_new_tokens": 12, "beta": 0.0} | grpo
+    return cfg
+
+
+def questions(tmp_path):
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}", "response": "Yes."}) + "\n" for i in range(40)))
+    return data
+
+
+def test_a_short_run_raises_the_reward_of_greedy_completions(tiny_lm, tmp_path):
+    run = api.train(grpo_config(tiny_lm, tmp_path, questions(tmp_path)), quiet=True)
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["method"] == "grpo" and ev["test_rows"] == 8
+    assert ev["tuned"]["reward"] > ev["baseline"]["reward"], (ev["tuned"]["reward"], ev["baseline"]["reward"])
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "loss" in r and "split" not in r]
+    assert {"reward", "reward_short", "reward_short_std", "kl", "zero_std_groups", "completion_tokens"} <= set(
+        logged[0]
+    )
+    html = (run / "report.html").read_text()
+    assert 'alt="base vs tuned"' in html and "<td class=\"sample\">" in html  # the reward bars and samples
+
+
+def test_the_kl_penalty_needs_lora_and_is_logged_under_it(tiny_lm, tmp_path):
+    data = questions(tmp_path)
+    with pytest.raises(TunesmithError, match="grpo.beta > 0 .* set lora"):
+        api.train(grpo_config(tiny_lm, tmp_path, data, beta=0.1), quiet=True)
+    cfg = grpo_config(tiny_lm, tmp_path, data, beta=0.1, rewards=[{"function": f"{REWARDS}:short"},
+                      {"function": f"{REWARDS}:says_yes", "weight": 2.0}])  # fmt: skip
+    run = api.train(cfg | {"lora": {"r": 4, "alpha": 8}}, quiet=True)
+    logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "kl" in r and "split" not in r]
+    assert steps[-1]["kl"] > 0 and "reward_says_yes" in steps[-1]
+    ev = json.loads((run / "eval.json").read_text())
+    assert "reward_says_yes" in ev["tuned"] and len(ev["tuned"]["samples"]) == 5

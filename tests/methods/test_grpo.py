@@ -87,7 +87,7 @@ def test_a_short_run_raises_the_reward_of_greedy_completions(tiny_lm, tmp_path):
         logged[0]
     )
     html = (run / "report.html").read_text()
-    assert 'alt="base vs tuned"' in html and "<td class=\"sample\">" in html  # the reward bars and samples
+    assert 'alt="base vs tuned"' in html and '<td class="sample">' in html  # the reward bars and samples
 
 
 def test_the_kl_penalty_needs_lora_and_is_logged_under_it(tiny_lm, tmp_path):
@@ -102,3 +102,24 @@ def test_the_kl_penalty_needs_lora_and_is_logged_under_it(tiny_lm, tmp_path):
     assert steps[-1]["kl"] > 0 and "reward_says_yes" in steps[-1]
     ev = json.loads((run / "eval.json").read_text())
     assert "reward_says_yes" in ev["tuned"] and len(ev["tuned"]["samples"]) == 5
+
+
+def test_the_arithmetic_example_has_distinct_seeds_and_verifiable_rewards(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "examples" / "arithmetic"
+    subprocess.run([sys.executable, str(example / "make_problems.py"), "--out", str(tmp_path), "--train", "300",
+                    "--test", "50"], check=True, capture_output=True)  # fmt: skip
+    train, test = (
+        [json.loads(ln) for ln in (tmp_path / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "test")
+    )
+    assert len(train) == 300 and len(test) == 50 and not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert {r["steps"] for r in test} == {1, 2}
+    rewards = load_rewards(GrpoConfig(rewards=[{"function": f"{example / 'rewards.py'}:exact_answer"},
+                                               {"function": f"{example / 'rewards.py'}:answer_format"}]))  # fmt: skip
+    answer = test[0]["response"]
+    got = score(rewards, [test[0]["prompt"]] * 3, [f"So it is... {answer}", "Answer: 99999", "no idea"],
+                {"references": [[answer]] * 3})  # fmt: skip
+    assert got["exact_answer"].tolist() == [1.0, 0.0, 0.0] and got["answer_format"].tolist() == [0.2, 0.2, 0.0]

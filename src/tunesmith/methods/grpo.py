@@ -15,6 +15,7 @@ during training through the inference layer's batched generation: the loop's pla
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ from tunesmith.train.loop import Batch, Task, fit
 
 
 class RewardSpec(Strict):
-    function: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # module:function, importable
+    function: str | None = Field(None, pattern=r"^[^:]+:\w+$")  # module:function, or path/to/file.py:function
     run: str | None = None  # a trained reward run: its name, id or folder
     weight: float = 1.0
 
@@ -70,9 +71,9 @@ def load_rewards(cfg: GrpoConfig) -> dict[str, tuple[float, Reward]]:
     for n, spec in enumerate(cfg.rewards):
         where = f"grpo.rewards[{n}]"
         if spec.function:
-            module, _, name = spec.function.partition(":")
+            module, _, name = spec.function.rpartition(":")
             try:
-                fn = getattr(importlib.import_module(module), name)
+                fn = getattr(_module(module), name)
             except Exception as err:  # noqa: BLE001 - any import failure of user code is a user error
                 raise TunesmithError(f"{where}.function {spec.function!r}: {type(err).__name__}: {err}") from None
             out[re.sub(r"\W", "_", name)] = (spec.weight, lambda p, c, f, fn=fn: fn(p, c, **f))
@@ -85,6 +86,19 @@ def load_rewards(cfg: GrpoConfig) -> dict[str, tuple[float, Reward]]:
                 raise TunesmithError(f"{where}.run {spec.run!r}: {err}") from None
             out[re.sub(r"\W", "_", Path(spec.run).name)] = (spec.weight, lambda p, c, f, s=scorer: s.score(p, c))
     return out
+
+
+def _module(name: str):
+    """An importable module, or a .py file (relative to the working directory)."""
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    path = Path(name).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def score(rewards: dict, prompts: list[str], completions: list[str], fields: dict) -> dict[str, np.ndarray]:

@@ -43,6 +43,9 @@ def test_a_reward_that_fails_is_an_error_naming_it(tmp_path):
     for name, message in (("not_a_number", "returned NaN"), ("broken", "raised KeyError: 'answer'")):
         with pytest.raises(TunesmithError, match=f"reward '{name}' {message}"):
             score(load_rewards(GrpoConfig(rewards=[{"function": f"{REWARDS}:{name}"}])), ["a"], ["x"], {})
+    skipped = score(load_rewards(GrpoConfig(rewards=[{"function": f"{REWARDS}:broken"}])), ["a"], ["x"], {}, skip=True)
+    adv, flat = advantages(np.r_[skipped["broken"], 1.0, 0.0, 1.0], group_size=2)  # under data.on_error: skip
+    assert np.isnan(skipped["broken"]).all() and adv[:2].tolist() == [0.0, 0.0] and flat.tolist() == [True, False]
     with pytest.raises(TunesmithError, match=r"grpo.rewards\[0\].function 'no_such_module:f': ModuleNotFoundError"):
         load_rewards(GrpoConfig(rewards=[{"function": "no_such_module:f"}]))
     run = tmp_path / "a-classifier-run"

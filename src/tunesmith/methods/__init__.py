@@ -33,6 +33,7 @@ class Method:
     options: frozenset[str] = frozenset()  # keys of train/eval that only some methods use, and this one does
     figures: tuple[str, ...] = ()  # report figures beyond the curves and lengths (see report/html.py)
     panels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the before/after figure: (title, score keys) per panel
+    curve: tuple[str, ...] = ()  # logged scores drawn beside the loss curve: the first found, validation first
     evaluate: Callable[..., dict] | None = None  # evaluate(run_dir, data, **options): score another file
 
 

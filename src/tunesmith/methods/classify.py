@@ -208,6 +208,7 @@ METHODS = (
         val_metrics=("macro_f1", "accuracy", "loss"),
         headline=("accuracy", "macro_f1"),
         options=frozenset({"train.head_lr", "eval.calibrate", "eval.bins"}),
+        curve=("accuracy", "macro_f1"),
         figures=("confusion", "reliability"),
         evaluate=evaluate,
     ),

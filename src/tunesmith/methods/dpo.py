@@ -217,6 +217,7 @@ METHODS = (
         headline=("preference_accuracy",),
         section=DpoConfig,
         options=forgetting.OPTIONS,
+        curve=("preference_accuracy", "reward_accuracy"),
         figures=("before_after",),
         panels=(("preference accuracy on held-out pairs", ("preference_accuracy",)), forgetting.PANEL),
     ),

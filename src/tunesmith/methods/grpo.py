@@ -27,6 +27,8 @@ from pydantic import Field, model_validator
 from tunesmith.config import RunConfig, Strict
 from tunesmith.data.prepared import data_shape, read_rows
 from tunesmith.errors import TunesmithError
+from tunesmith.eval import forgetting
+from tunesmith.eval.forgetting import Forgetting
 from tunesmith.infer.generator import Generator, Sampling
 from tunesmith.lm.chat import as_messages
 from tunesmith.lm.logprobs import target_logits
@@ -101,32 +103,42 @@ def _module(name: str):
     return module
 
 
-def score(rewards: dict, prompts: list[str], completions: list[str], fields: dict) -> dict[str, np.ndarray]:
-    """Each reward's (N,) floats, checked: a raise, a NaN or the wrong count is an error naming the function."""
+def score(
+    rewards: dict, prompts: list[str], completions: list[str], fields: dict, skip: bool = False
+) -> dict[str, np.ndarray]:
+    """Each reward's (N,) floats, checked: a raise, a NaN or the wrong count is an error naming the function, or,
+    with `skip` (data.on_error: skip), NaN for what it could not score (those groups teach nothing and are counted)."""
     out = {}
     for name, (_, fn) in rewards.items():
         try:
-            got = fn(prompts, completions, fields)
+            out[name] = _checked(name, fn(prompts, completions, fields), completions)
+        except TunesmithError:
+            if not skip:
+                raise
+            out[name] = np.full(len(completions), np.nan)
         except Exception as err:  # noqa: BLE001 - the user's reward function failed
-            raise TunesmithError(f"reward {name!r} raised {type(err).__name__}: {err}") from None
-        values = np.asarray(got, dtype=np.float64) if hasattr(got, "__len__") else None
-        if values is None or values.shape != (len(completions),):
-            raise TunesmithError(f"reward {name!r} returned {got!r:.80}, not {len(completions)} numbers")
-        if not np.isfinite(values).all():
-            bad = int(np.argmin(np.isfinite(values)))
-            raise TunesmithError(
-                f"reward {name!r} returned NaN or infinity (completion {bad}: {completions[bad]!r:.80})"
-            )
-        out[name] = values
+            if not skip:
+                raise TunesmithError(f"reward {name!r} raised {type(err).__name__}: {err}") from None
+            out[name] = np.full(len(completions), np.nan)
     return out
+
+
+def _checked(name: str, got, completions: list[str]) -> np.ndarray:
+    values = np.asarray(got, dtype=np.float64) if hasattr(got, "__len__") else None
+    if values is None or values.shape != (len(completions),):
+        raise TunesmithError(f"reward {name!r} returned {got!r:.80}, not {len(completions)} numbers")
+    if not np.isfinite(values).all():
+        bad = int(np.argmin(np.isfinite(values)))
+        raise TunesmithError(f"reward {name!r} returned NaN or infinity (completion {bad}: {completions[bad]!r:.80})")
+    return values
 
 
 def advantages(total: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N,) group-normalised advantages of rewards in consecutive groups, and which groups have no variance."""
     groups = total.reshape(-1, group_size)
-    std = groups.std(axis=1, keepdims=True)
-    adv = (groups - groups.mean(axis=1, keepdims=True)) / (std + 1e-4)
-    return adv.reshape(-1), (std[:, 0] == 0)
+    std = groups.std(axis=1, keepdims=True)  # NaN for a group with an unscored completion (on_error: skip)
+    adv = np.nan_to_num((groups - groups.mean(axis=1, keepdims=True)) / (std + 1e-4))
+    return adv.reshape(-1), ~(std[:, 0] > 0)
 
 
 def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +183,7 @@ class Rollouts:
 
     def rewarded(self, idx, completions: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         fields = {k: [v[i] for i in idx] for k, v in self.fields.items()}
-        each = score(self.rewards, self.texts(idx), completions, fields)
+        each = score(self.rewards, self.texts(idx), completions, fields, skip=self.cfg.data.on_error == "skip")
         return sum(self.rewards[n][0] * v for n, v in each.items()), each
 
     @torch.no_grad()
@@ -200,10 +212,11 @@ class Rollouts:
             ref = old
         model.train(was_training)
         n = len(group)
-        metrics = {f"reward_{k}": float(v.sum()) for k, v in each.items()}
-        metrics |= {f"reward_{k}_std": float(v.std()) * n for k, v in each.items()}
+        metrics = {f"reward_{k}": float(np.nansum(v)) for k, v in each.items()}
+        metrics |= {f"reward_{k}_std": float(np.nanstd(v)) * n for k, v in each.items()}
         metrics |= {
-            "reward": float(total.sum()),
+            "reward": float(np.nansum(total)),
+            "unscored_completions": float(np.isnan(total).sum()),
             "zero_std_groups": float(flat.mean()) * n,
             "completion_tokens": float((labels[:, 1:] != IGNORE).sum()),
         }  # per completion, once averaged
@@ -219,7 +232,7 @@ class Rollouts:
         completions = self.completions(model, idx, Sampling(self.grpo.max_new_tokens, temperature=0.0))
         model.train(was_training)
         total, each = self.rewarded(idx, completions)
-        out = {"reward": float(total.mean())} | {f"reward_{k}": float(v.mean()) for k, v in each.items()}
+        out = {"reward": float(np.nanmean(total))} | {f"reward_{k}": float(np.nanmean(v)) for k, v in each.items()}
         samples = [{"prompt": p[:300], "reply": c[:300]} for p, c in zip(self.texts(idx), completions)][:5]
         return out | {"completion_chars": float(np.mean([len(c) for c in completions])), "samples": samples}
 
@@ -265,12 +278,15 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     torch.manual_seed(cfg.train.seed)
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
-    test = data.get("test")
-    base = test.greedy_scores(model, g.eval_prompts) if test and len(test) and cfg.eval.baseline else None
+    test, forgets = data.get("test"), Forgetting(tokenizer, cfg)
+    base = None
+    if test and len(test) and cfg.eval.baseline:
+        base = test.greedy_scores(model, g.eval_prompts) | forgets.scores(model.eval())
     result = fit(make_task(model, data, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
     report = {**g.model_dump(), "train": result.summary()}
     if test is not None and len(test):
-        report |= {"test_rows": min(len(test), g.eval_prompts), "tuned": test.greedy_scores(model, g.eval_prompts)}
+        tuned = test.greedy_scores(model, g.eval_prompts) | forgets.scores(model.eval())
+        report |= {"test_rows": min(len(test), g.eval_prompts), "tuned": tuned} | forgets.report(base, tuned)
         if base:
             report["baseline"] = base
     save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
@@ -283,11 +299,13 @@ METHODS = (
         summary="online RL of a causal LM with your reward (GRPO): groups of samples, group-normalised advantages",
         shapes=("instruction", "chat"),
         run=run,
-        scores=(("reward", False), ("completion_chars", False)),
+        scores=(("reward", False), ("completion_chars", False), ("general_perplexity", True)),
         val_metrics=("reward",),
         headline=("reward",),
         section=GrpoConfig,
+        options=forgetting.OPTIONS,
+        curve=("reward",),
         figures=("before_after",),
-        panels=(("mean reward of greedy completions on held-out prompts", ("reward",)),),
+        panels=(("mean reward of greedy completions on held-out prompts", ("reward",)), forgetting.PANEL),
     ),
 )

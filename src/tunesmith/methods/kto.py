@@ -210,6 +210,7 @@ METHODS = (
         headline=("desirable_auc",),
         section=KtoConfig,
         options=forgetting.OPTIONS,
+        curve=("desirable_auc", "reward_accuracy"),
         figures=("before_after",),
         panels=(("desirable-vs-undesirable AUC of held-out completions", ("desirable_auc",)), forgetting.PANEL),
     ),

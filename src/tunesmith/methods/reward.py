@@ -143,6 +143,7 @@ METHODS = (
         val_metrics=("loss", "preference_accuracy"),
         headline=("preference_accuracy",),
         options=frozenset({"train.head_lr"}),
+        curve=("preference_accuracy", "reward_accuracy"),
         figures=("before_after",),
         panels=(("preference accuracy on held-out pairs", ("preference_accuracy",)),),
     ),

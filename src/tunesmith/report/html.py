@@ -45,7 +45,10 @@ def write_report(run_dir: Path) -> Path:
     method = methods.get(ev.get("method") or yaml.safe_load(config)["method"])
     data = json.loads((run_dir / "data" / "data_report.json").read_text())
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    figures = {"loss": plots.loss_curves(metrics), "lengths": plots.length_histograms(data.get("chars", {}))}
+    figures = {
+        "loss": plots.loss_curves(metrics, method.curve),
+        "lengths": plots.length_histograms(data.get("chars", {})),
+    }
     if "tuned" in ev:
         figures |= {name: FIGURES[name](ev, method) for name in method.figures}
     env = Environment(loader=PackageLoader("tunesmith", "report"), autoescape=select_autoescape(["html", "j2"]))

@@ -18,12 +18,9 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-SECOND_AXIS = ("accuracy", "macro_f1", "preference_accuracy", "desirable_auc", "reward")  # the first one logged
-
-
-def loss_curves(metrics: list[dict]) -> str | None:
-    """Train (and validation) loss, with the first score of SECOND_AXIS on a second axis: from validation, or
-    from the training steps (GRPO's reward curve)."""
+def loss_curves(metrics: list[dict], curve: tuple[str, ...] = ()) -> str | None:
+    """Train (and validation) loss, with the first of the method's `curve` scores on a second axis: from
+    validation, or else from the training steps (an RL method's reward curve)."""
     train = [m for m in metrics if "loss" in m and "split" not in m]
     val = [m for m in metrics if m.get("split") == "val"]
     if not train:
@@ -33,7 +30,7 @@ def loss_curves(metrics: list[dict]) -> str | None:
     if val and "loss" in val[0]:
         ax.plot([m["step"] for m in val], [m["loss"] for m in val], "o-", label="val loss", lw=1.4)
     for rows, who, style in ((val, "val", "s--"), (train, "train", "-")):
-        key = next((k for k in SECOND_AXIS if rows and k in rows[0]), None)
+        key = next((k for k in curve if rows and k in rows[0]), None)
         if key:
             ax2 = ax.twinx()
             ax2.plot([m["step"] for m in rows], [m[key] for m in rows], style, color="tab:green", label=f"{who} {key}")

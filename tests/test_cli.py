@@ -190,3 +190,11 @@ def test_runs_list_fits_80_columns_and_never_cuts_a_name():
     assert rows[1]["path"] in wide[-1] and "baseline_macro_f1=0.6" in wide[-1]
     result = runner.invoke(app, ["runs", "list", "--json", "--dir", "/nonexistent-registry"])
     assert result.exit_code == 0 and json.loads(result.output) == []
+
+
+def test_methods_lists_every_method_with_its_section():
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for name in ("classify", "sft", "pretrain", "dpo", "kto", "reward", "grpo"):
+        assert name in result.output
+    assert {m["name"]: m["section"] for m in api.list_methods()}["grpo"]["grpo"]["rewards"] == "required"

@@ -233,12 +233,20 @@ def list_methods() -> list[dict]:
             "name": m.name,
             "summary": m.summary,
             "shapes": list(m.shapes),
-            "section": {m.name: m.section().model_dump()} if m.section else {},
+            "section": {m.name: _defaults(m.section)} if m.section else {},
             "val_metrics": list(m.val_metrics),
             "options": sorted(m.options),
         }
         for m in methods.registry().values()
     ]
+
+
+def _defaults(section) -> dict:
+    """A method section's keys with their defaults ("required" where the user must give one)."""
+    return {
+        name: "required" if field.is_required() else field.get_default(call_default_factory=True)
+        for name, field in section.model_fields.items()
+    }
 
 
 def list_runs(output_dir: str | Path | None = None, *, everywhere: bool = False) -> list[dict]:

@@ -16,7 +16,7 @@ import torch
 from tunesmith.config import REPETITION_PENALTY
 from tunesmith.infer.load import model_dir
 from tunesmith.lm.chat import prompt_text
-from tunesmith.lm.tokens import pad_rows
+from tunesmith.lm.tokens import pad_id, pad_rows
 from tunesmith.models.saved import load_causal_lm
 
 
@@ -32,7 +32,7 @@ class Sampling:
     repetition_penalty: float = REPETITION_PENALTY  # > 1 makes tokens already in the text less likely (CTRL's)
 
     def kwargs(self, tokenizer) -> dict:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id(tokenizer)
         out = {
             "max_new_tokens": self.max_new_tokens,
             "pad_token_id": pad,
@@ -85,7 +85,7 @@ class Generator:
 
     def __init__(self, model: torch.nn.Module, tokenizer):
         self.model, self.tokenizer = model, tokenizer
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
 
     @classmethod
     def load(cls, run: str | Path) -> Generator:

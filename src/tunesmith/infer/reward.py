@@ -9,7 +9,7 @@ import torch
 
 from tunesmith.infer.load import model_dir
 from tunesmith.lm.chat import render
-from tunesmith.lm.tokens import pad_rows
+from tunesmith.lm.tokens import pad_id, pad_rows
 from tunesmith.models.saved import load_reward
 
 
@@ -34,7 +34,7 @@ class RewardModel:
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_length: int):
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
 
     @classmethod
     def load(cls, run: str | Path) -> RewardModel:

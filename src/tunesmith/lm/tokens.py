@@ -62,6 +62,18 @@ def pad_rows(rows: list[list[int]], fill: int, *, left: bool = False) -> tuple[t
     return out, mask
 
 
+def pad_id(tokenizer) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else its end-of-sequence token (causal LMs)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def target_rows(rows: list[tuple[list[int], list[int]]], pad: int) -> Batch:
+    """(ids, targets) rows as right-padded input_ids, attention_mask and labels (IGNORE where padded)."""
+    input_ids, mask = pad_rows([ids for ids, *_ in rows], pad)  # (B, T)
+    labels, _ = pad_rows([targets for _, targets, *_ in rows], IGNORE)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
 class Tokens:
     """Token ids and loss targets of one split; counts what truncation cut."""
 
@@ -92,16 +104,15 @@ class Tokens:
             self.ids.append(ids)
             self.targets.append(targets)
         self.lengths = np.array([len(x) for x in self.ids], dtype=np.int64)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def collate(self, idx) -> Batch:
-        input_ids, mask = pad_rows([self.ids[i] for i in idx], self.pad_id)  # (B, T)
-        labels, _ = pad_rows([self.targets[i] for i in idx], IGNORE)
-        n_targets = int((labels[:, 1:] != IGNORE).sum())
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "n": n_targets, "examples": len(idx)}
+        batch = target_rows([(self.ids[i], self.targets[i]) for i in idx], self.pad_id)
+        n_targets = int((batch["labels"][:, 1:] != IGNORE).sum())
+        return batch | {"n": n_targets, "examples": len(idx)}
 
     def report(self) -> dict:
         return {

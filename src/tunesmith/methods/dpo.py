@@ -25,7 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
 from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
-from tunesmith.lm.tokens import IGNORE, has_targets, no_target_error, pad_rows, reply_tokens
+from tunesmith.lm.tokens import has_targets, no_target_error, pad_id, reply_tokens, target_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -78,7 +78,7 @@ class Pairs:
             self.chosen.append(sides[0])
             self.rejected.append(sides[1])
         self.lengths = np.array([max(len(c[0]), len(r[0])) for c, r in zip(self.chosen, self.rejected)], np.int64)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
         self.ref: torch.Tensor | None = None  # (N, 2) reference log-probs of chosen, rejected, once computed
 
     def __len__(self) -> int:
@@ -87,9 +87,8 @@ class Pairs:
     def collate(self, idx) -> Batch:
         """(2B, T): the B chosen conversations, then their B rejected ones."""
         sides = [self.chosen[i] for i in idx] + [self.rejected[i] for i in idx]
-        input_ids, mask = pad_rows([ids for ids, _ in sides], self.pad_id)
-        labels, _ = pad_rows([t for _, t in sides], IGNORE)
-        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "n": len(idx), "examples": len(idx)}
+        batch = target_rows(sides, self.pad_id)
+        batch |= {"n": len(idx), "examples": len(idx)}
         if self.ref is not None:
             batch["ref"] = self.ref[torch.as_tensor(np.asarray(idx))].T.reshape(-1)  # (2B,) chosen then rejected
         return batch

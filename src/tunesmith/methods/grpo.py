@@ -32,7 +32,7 @@ from tunesmith.eval.forgetting import Forgetting
 from tunesmith.infer.generator import Generator, Sampling
 from tunesmith.lm.chat import as_messages
 from tunesmith.lm.logprobs import target_logits
-from tunesmith.lm.tokens import IGNORE, pad_rows, reply_tokens
+from tunesmith.lm.tokens import IGNORE, pad_id, reply_tokens, target_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -170,7 +170,7 @@ class Rollouts:
         self.prompts = [as_messages(r)[:-1] for r in rows]
         self.fields = {"references": [r.get("references") or [as_messages(r)[-1]["content"]] for r in rows]}
         self.lengths = np.array([sum(len(m["content"]) for m in p) for p in self.prompts], np.int64)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -200,10 +200,9 @@ class Rollouts:
         adv, flat = advantages(total, g.group_size)
         length = self.cfg.train.max_length
         encoded = [reply_tokens(self.tokenizer, self.prompts[i], c, length) for i, c in zip(group, completions)]
-        input_ids, mask = pad_rows([ids for ids, _, _ in encoded], self.pad_id)
-        labels, _ = pad_rows([t for _, t, _ in encoded], IGNORE)
         device = next(model.parameters()).device
-        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+        batch = {k: v.to(device) for k, v in target_rows(encoded, self.pad_id).items()}
+        labels = batch["labels"]
         old, _ = token_logprobs(model, batch)
         if g.beta > 0:
             with model.disable_adapter():

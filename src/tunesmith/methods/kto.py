@@ -25,7 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
 from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
-from tunesmith.lm.tokens import IGNORE, has_targets, no_target_error, pad_rows, reply_tokens
+from tunesmith.lm.tokens import has_targets, no_target_error, pad_id, reply_tokens, target_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -69,7 +69,7 @@ class Completions:
         self.twins = [encoded(kept[i][0], kept[(i + 1) % len(kept)][1]) for i in range(len(kept))]
         self.good = np.array([good for _, _, good, *_ in kept], dtype=bool)
         self.lengths = np.array([max(len(a[0]), len(b[0])) for a, b in zip(self.rows, self.twins)], np.int64)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
         self.ref: torch.Tensor | None = None  # (N, 2) reference log-probs of the example and of its twin
 
     def __len__(self) -> int:
@@ -78,9 +78,8 @@ class Completions:
     def collate(self, idx) -> Batch:
         """(2B, T): the B examples, then their B mismatched twins."""
         sides = [self.rows[i] for i in idx] + [self.twins[i] for i in idx]
-        input_ids, mask = pad_rows([ids for ids, _ in sides], self.pad_id)
-        labels, _ = pad_rows([t for _, t in sides], IGNORE)
-        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "n": len(idx), "examples": len(idx),
+        batch = target_rows(sides, self.pad_id)
+        batch |= {"n": len(idx), "examples": len(idx),
                  "good": torch.as_tensor(self.good[np.asarray(idx)])}  # fmt: skip
         if self.ref is not None:
             batch["ref"] = self.ref[torch.as_tensor(np.asarray(idx))].T.reshape(-1)  # (2B,)

@@ -20,7 +20,7 @@ from tunesmith.config import RunConfig
 from tunesmith.data.prepared import read_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.reward import conversation_ids, rewards
-from tunesmith.lm.tokens import pad_rows
+from tunesmith.lm.tokens import pad_id, pad_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import HEAD_NAMES, build_classifier, freeze_embeddings
@@ -48,7 +48,7 @@ class RewardPairs:
             self.chosen.append(better)
             self.rejected.append(worse)
         self.lengths = np.array([max(len(c), len(r)) for c, r in zip(self.chosen, self.rejected)], np.int64)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
 
     def __len__(self) -> int:
         return len(self.chosen)

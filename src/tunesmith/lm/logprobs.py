@@ -78,6 +78,15 @@ def split_logprobs(model: torch.nn.Module, data, batch_size: int, mean: bool = F
     return out if out is not None else torch.zeros(0, 1)
 
 
+def precompute_references(model: torch.nn.Module, splits: dict, lora: bool, batch_size: int, mean: bool = False):
+    """Reference log-probs of the untrained model, stored as each split's `ref`: for every split under full
+    fine-tuning; under LoRA for all but train, whose batches switch the adapter off instead (reference_logprobs)."""
+    model.eval()
+    for name, split in splits.items():
+        if not lora or name != "train":
+            split.ref = split_logprobs(model, split, batch_size, mean)
+
+
 @torch.no_grad()
 def mean_loss(model: torch.nn.Module, data: Tokens, batch_size: int = 8) -> float:
     """Mean loss per target token over a split (its exp is the perplexity). The model should be in eval mode."""

@@ -24,7 +24,7 @@ from tunesmith.data.prepared import read_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
-from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
+from tunesmith.lm.logprobs import precompute_references, reference_logprobs, sequence_logprobs, split_logprobs
 from tunesmith.lm.tokens import has_targets, no_target_error, pad_id, reply_tokens, target_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
@@ -139,12 +139,7 @@ def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -
     mean = dpo.loss == "ipo"
 
     def setup(device: torch.device) -> None:
-        """Reference log-probs of the untrained model: for every split under full fine-tuning, for val alone
-        under LoRA (training batches switch the adapter off instead)."""
-        model.eval()
-        for name, split in pairs.items():
-            if cfg.lora is None or name != "train":
-                split.ref = split_logprobs(model, split, t.batch_size, mean)
+        precompute_references(model, pairs, cfg.lora is not None, t.batch_size, mean)
 
     def batches(epoch: int) -> list[np.ndarray]:
         return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)
@@ -178,7 +173,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
     forgets = Forgetting(tokenizer, cfg)
-    general_before = forgets.scores(model.eval())
+    general_before = forgets.scores(model.eval()) if cfg.eval.baseline else {}
     result = fit(make_task(model, pairs, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
     dpo = cfg.section()
     report = {**dpo.model_dump(), "data": {name: p.report() for name, p in pairs.items()}, "train": result.summary()}

@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from pydantic import Field, model_validator
 
 from tunesmith.config import RunConfig, Strict
-from tunesmith.data.prepared import data_shape, read_rows
+from tunesmith.data.prepared import read_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
@@ -162,14 +163,24 @@ def grpo_loss(logp: torch.Tensor, rows: torch.Tensor, batch: Batch, cfg: GrpoCon
     return per_row.sum(), {"kl": kl_row.sum()} | batch["reward_metrics"]
 
 
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Sampling and scoring in eval mode (no LoRA dropout), then back to the mode the loop had set."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class Rollouts:
     """The prompts of a split, and how to turn a set of them into a batch of sampled, scored completions."""
 
-    def __init__(self, tokenizer, rows: list[dict], shape: str, cfg: RunConfig, rewards: dict):
+    def __init__(self, tokenizer, rows: list[dict], cfg: RunConfig, rewards: dict):
         self.tokenizer, self.cfg, self.grpo, self.rewards = tokenizer, cfg, cfg.section(), rewards
         self.prompts = [as_messages(r)[:-1] for r in rows]
         self.fields = {"references": [r.get("references") or [as_messages(r)[-1]["content"]] for r in rows]}
-        self.lengths = np.array([sum(len(m["content"]) for m in p) for p in self.prompts], np.int64)
         self.pad_id = pad_id(tokenizer)
 
     def __len__(self) -> int:
@@ -191,25 +202,23 @@ class Rollouts:
         """Sample group_size completions per prompt (the model in eval mode), score them, and precompute the
         sampling policy's and the reference's token log-probs."""
         g = self.grpo
-        was_training = model.training
-        model.eval()
         group = [i for i in idx for _ in range(g.group_size)]
         sampling = Sampling(g.max_new_tokens, g.temperature, g.top_p, repetition_penalty=1.0)
-        completions = self.completions(model, group, sampling)
+        length = self.cfg.train.max_length
+        device = next(model.parameters()).device
+        with _eval_mode(model):
+            completions = self.completions(model, group, sampling)
+            encoded = [reply_tokens(self.tokenizer, self.prompts[i], c, length) for i, c in zip(group, completions)]
+            batch = {k: v.to(device) for k, v in target_rows(encoded, self.pad_id).items()}
+            old, _ = token_logprobs(model, batch)
+            if g.beta > 0:
+                with model.disable_adapter():
+                    ref, _ = token_logprobs(model, batch)
+            else:
+                ref = old
         total, each = self.rewarded(group, completions)
         adv, flat = advantages(total, g.group_size)
-        length = self.cfg.train.max_length
-        encoded = [reply_tokens(self.tokenizer, self.prompts[i], c, length) for i, c in zip(group, completions)]
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in target_rows(encoded, self.pad_id).items()}
         labels = batch["labels"]
-        old, _ = token_logprobs(model, batch)
-        if g.beta > 0:
-            with model.disable_adapter():
-                ref, _ = token_logprobs(model, batch)
-        else:
-            ref = old
-        model.train(was_training)
         n = len(group)
         metrics = {f"reward_{k}": float(np.nansum(v)) for k, v in each.items()}
         metrics |= {f"reward_{k}_std": float(np.nanstd(v)) * n for k, v in each.items()}
@@ -225,11 +234,9 @@ class Rollouts:
     @torch.no_grad()
     def greedy_scores(self, model: torch.nn.Module, limit: int) -> dict[str, float]:
         """Mean reward (total and per function) of greedy completions of the first `limit` prompts."""
-        was_training = model.training
-        model.eval()
         idx = list(range(min(limit, len(self))))
-        completions = self.completions(model, idx, Sampling(self.grpo.max_new_tokens, temperature=0.0))
-        model.train(was_training)
+        with _eval_mode(model):
+            completions = self.completions(model, idx, Sampling(self.grpo.max_new_tokens, temperature=0.0))
         total, each = self.rewarded(idx, completions)
         out = {"reward": float(np.nanmean(total))} | {f"reward_{k}": float(np.nanmean(v)) for k, v in each.items()}
         samples = [{"prompt": p[:300], "reply": c[:300]} for p, c in zip(self.texts(idx), completions)][:5]
@@ -272,8 +279,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     model_dir = zoo.resolve(cfg.model)
     zoo.quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    shape = data_shape(run_dir / "data")
-    data = {n: Rollouts(tokenizer, rows, shape, cfg, rewards) for n, rows in read_rows(run_dir / "data").items()}
+    data = {n: Rollouts(tokenizer, rows, cfg, rewards) for n, rows in read_rows(run_dir / "data").items()}
     torch.manual_seed(cfg.train.seed)
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)

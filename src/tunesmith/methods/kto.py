@@ -24,7 +24,7 @@ from tunesmith.data.prepared import data_shape, read_rows
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
-from tunesmith.lm.logprobs import reference_logprobs, sequence_logprobs, split_logprobs
+from tunesmith.lm.logprobs import precompute_references, reference_logprobs, sequence_logprobs, split_logprobs
 from tunesmith.lm.tokens import has_targets, no_target_error, pad_id, reply_tokens, target_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
@@ -131,11 +131,7 @@ def make_task(model: torch.nn.Module, data: dict[str, Completions], cfg: RunConf
     t, kto, train, val = cfg.train, cfg.section(), data["train"], data.get("val")
 
     def setup(device: torch.device) -> None:
-        """Reference log-probs of the untrained model: every split under full fine-tuning, val alone under LoRA."""
-        model.eval()
-        for name, split in data.items():
-            if cfg.lora is None or name != "train":
-                split.ref = split_logprobs(model, split, t.batch_size)
+        precompute_references(model, data, cfg.lora is not None, t.batch_size)
 
     def batches(epoch: int) -> list[np.ndarray]:
         return order_batches(train.lengths, t.batch_size, t.seed + epoch, t.group_by_length)
@@ -171,7 +167,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
     forgets = Forgetting(tokenizer, cfg)
-    general_before = forgets.scores(model.eval())
+    general_before = forgets.scores(model.eval()) if cfg.eval.baseline else {}
     result = fit(make_task(model, data, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
     kto = cfg.section()
     report = {**kto.model_dump(), "data": {n: c.report() for n, c in data.items()}, "train": result.summary()}

@@ -76,8 +76,7 @@ def resumable(run: str | Path) -> Path:
     """The run directory, if the run can be resumed: it is not done or still running, its data was prepared,
     and it holds a complete checkpoint. Checked before the registry row is touched, so a refusal changes nothing."""
     run_dir = find_run_dir(run)
-    registry = Registry(run_dir.parent)
-    row = next((r for r in registry.list() if r["path"] == str(run_dir)), None)
+    row = Registry(run_dir.parent).row(run_dir)
     status = row["status"] if row else "unknown"
     if status == "done":
         raise TunesmithError(
@@ -268,8 +267,7 @@ def show_run(key: str, output_dir: str | Path | None = None) -> dict:
         run_dir = find_run_dir(key, output_dir, done=True)
     except TunesmithError:
         run_dir = find_run_dir(key, output_dir)
-    rows = [r for r in Registry(run_dir.parent).list() if r["path"] == str(run_dir)]
-    info = rows[-1] if rows else {"path": str(run_dir)}
+    info = Registry(run_dir.parent).row(run_dir) or {"path": str(run_dir)}
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
         info["eval"] = json.loads(eval_path.read_text())

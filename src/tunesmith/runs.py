@@ -19,7 +19,6 @@ from tunesmith.models.zoo import home
 
 HOST = socket.gethostname()
 
-STATUSES = ("running", "done", "failed", "killed")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,6 +60,10 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
 
 def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class NoSuchRun(TunesmithError):
+    """No run of that id, path or name in a registry: the next registry may have it."""
 
 
 class Registry:
@@ -139,7 +142,11 @@ class Registry:
             return finished[-1] if finished else _usable(named[-1], key)
         if named:
             return named[-1]
-        raise TunesmithError(f"no run {key!r} in {self.path}; see `tunesmith runs list`")
+        raise NoSuchRun(f"no run {key!r} in {self.path}; see `tunesmith runs list`")
+
+    def row(self, run_dir: Path) -> dict | None:
+        """The row of the run in this folder, if the registry has one."""
+        return next((r for r in self.list() if r["path"] == str(run_dir)), None)
 
 
 def _usable(row: dict, key: str) -> dict:
@@ -210,23 +217,19 @@ def find_run_dir(key: str | Path, output_dir: str | Path | None = None, *, done:
     path = Path(key)
     if (path / "config.yaml").is_file():
         run_dir = path.resolve()
-        if done:
-            registry = Registry(run_dir.parent)
-            if registry.path.is_file() and any(r["path"] == str(run_dir) for r in registry.list()):
-                registry.find(str(run_dir), done=True)
+        row = Registry(run_dir.parent).row(run_dir) if done else None
+        if row is not None:
+            _usable(row, str(run_dir))
         return run_dir
     first = Registry(output_dir or default_dir())
     try:
         return Path(first.find(str(key), done=done)["path"])
-    except TunesmithError as err:
-        if "no run" not in str(err):
-            raise
+    except NoSuchRun as err:
         missing = err
     for registry in known_registries():
         if registry != first.path:
             try:
                 return Path(Registry(registry.parent).find(str(key), done=done)["path"])
-            except TunesmithError as err:
-                if "no run" not in str(err):
-                    raise
+            except NoSuchRun:
+                continue
     raise missing

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.config import REPETITION_PENALTY
+from tunesmith.config import FORMATS, REPETITION_PENALTY
 from tunesmith.errors import ReportNotWritten, TunesmithError
 
 app = typer.Typer(
@@ -175,7 +175,6 @@ def predict(
             out.print(f"{res['label']}\t{res['confidence']:.3f}\t{text}", highlight=False, markup=False)
 
 
-FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt")
 STOP_HELP = "End a reply before this text (repeat for several)."
 PENALTY_HELP = "Above 1, tokens already in the text become less likely (breaks the loops of small models)."
 
@@ -284,7 +283,7 @@ def eval_(
     text: Annotated[str | None, typer.Option(help="Text column (default: the run's data.text).")] = None,
     label: Annotated[str | None, typer.Option(help="Label column (default: the run's data.label).")] = None,
     format: Annotated[
-        str | None, typer.Option("--format", help="csv, tsv, jsonl, json, parquet, folder, txt (default: the run's).")
+        str | None, typer.Option("--format", help=f"{', '.join(FORMATS[1:])} (default: the run's).")
     ] = None,
     delimiter: Annotated[str | None, typer.Option(help="Field delimiter (default: the run's data.delimiter).")] = None,
     baseline: Annotated[bool, typer.Option(help="Also score the untuned baseline.")] = True,

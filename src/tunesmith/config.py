@@ -20,6 +20,7 @@ class Strict(BaseModel):
 # One default for generate, chat and the samples eval.generate scores: at 1.0 small models fall into loops
 # ("The City of Light" x14); CTRL's penalty at 1.1 breaks them and leaves ordinary repeats possible.
 REPETITION_PENALTY = 1.1
+FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt", "lines")  # data.format, eval --format
 SHAPES = ("classify", "instruction", "chat", "preference", "feedback", "text")
 PII_ENTITIES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL", "PERSON", "LOCATION")
 
@@ -76,7 +77,7 @@ class DataConfig(Strict):
     prompt_template: str | None = None  # e.g. "Summarise this dialogue:\n{dialogue}": builds the prompt from fields
     # lines: one example per line, a label and a text split at the first (or, label_position: last, the last)
     # delimiter: "LABEL text", "__label__x text" (fastText), "text;label"
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "folder", "txt", "lines"] = "auto"
+    format: Literal[FORMATS] = "auto"
     delimiter: str | None = Field(None, min_length=1, max_length=1)  # overrides the format's (lines: whitespace)
     columns: list[str] | None = None  # names for a headerless delimited file, in order
     encoding: str = "auto"  # "auto" detects it (UTF-8, latin-1, cp1252, ...)

@@ -349,6 +349,12 @@ CASES = [
         2,
         ("--on-error must be fail or skip", "'maybe'"),
     ),
+    Case(
+        "eval --format value",
+        ["eval", "{done}", "--data", "{u}/topic.csv", "--format", "xml"],
+        2,
+        ("--format must be one of", "csv", "lines", "'xml'"),
+    ),  # fmt: skip
     Case("train with nothing", ["train"], 2, ("give a CONFIG file, or --resume RUN",)),
     Case(
         "prepare --out a non-empty folder",

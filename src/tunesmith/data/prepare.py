@@ -27,8 +27,17 @@ from tunesmith.data.clean import Cleaner
 from tunesmith.data.dedup import Deduper, dedup_key, minhashes
 from tunesmith.data.prepared import SPLITS, label_order
 from tunesmith.data.readers import read_records
-from tunesmith.data.shapes import Mapper, RowProblem, detect, identity, label_name, texts_of, with_texts
-from tunesmith.errors import TunesmithError, close_match
+from tunesmith.data.shapes import (
+    Mapper,
+    RowProblem,
+    detect,
+    identity,
+    label_name,
+    missing_column,
+    texts_of,
+    with_texts,
+)
+from tunesmith.errors import TunesmithError
 from tunesmith.files import is_empty_dir, staged_dir
 
 SPLIT_NAMES = {
@@ -275,10 +284,7 @@ class Preparer:
                 if funnel.fields is None:
                     self.mapper = self._detect(rec, funnel)
                 if split_col and split_col not in rec.fields:
-                    raise TunesmithError(
-                        f"{rec.where}: column {split_col!r} (data.split_column) not found; "
-                        f"the columns are: {', '.join(map(str, rec.fields))}"
-                    )
+                    raise missing_column(rec.where, split_col, "data.split_column", rec.fields)
                 step = "shape"
                 try:
                     ex = self.mapper.example(rec.fields)
@@ -493,11 +499,7 @@ def join_columns(fields: dict, columns: tuple[str, ...], separator: str, where: 
     """The row with one more field, the named columns' non-empty values joined (data.text as a list)."""
     missing = [c for c in columns if c not in fields]
     if missing:
-        close = close_match(missing[0], list(map(str, fields)))
-        raise TunesmithError(
-            f"{where}: column {missing[0]!r} (in data.text) not found; the columns are: {', '.join(map(str, fields))}"
-            + (f". Did you mean {close!r}?" if close else "")
-        )
+        raise missing_column(where, missing[0], "in data.text", fields)
     values = [str(fields[c]).strip() for c in columns if fields[c] is not None and str(fields[c]).strip()]
     return fields | {"+".join(columns): separator.join(values)}
 

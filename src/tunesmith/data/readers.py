@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.config import FORMATS
 from tunesmith.errors import TunesmithError
 
-FORMATS = {
+SUFFIXES = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".tab": "tsv",
@@ -42,11 +43,11 @@ def detect_format(path: Path, fmt: str, delimited: bool = False) -> str:
         return fmt
     if path.is_dir():
         return "folder"
-    found = FORMATS.get(path.suffix.lower())
+    found = SUFFIXES.get(path.suffix.lower())
     if found == "txt" and delimited:
         return "csv"
     if found is None:
-        allowed = ", ".join(sorted(set(FORMATS.values()) | {"folder", "lines"}))
+        allowed = ", ".join(sorted(f for f in FORMATS if f != "auto"))
         raise TunesmithError(
             f"{path}: cannot tell the format from the suffix {path.suffix!r}; set data.format to one of {allowed}"
         )

@@ -291,11 +291,16 @@ def _check_named_columns(row: dict, cfg: DataConfig, where: str) -> None:
         name = getattr(cfg, key)
         if name is None or name in row or (key == "response" and cfg.references):
             continue
-        close = close_match(name, list(map(str, row)))
-        raise TunesmithError(
-            f"{where}: column {name!r} (data.{key}) not found; the columns are: {_columns(row)}"
-            + (f". Did you mean {close!r}?" if close else "")
-        )
+        raise missing_column(where, name, f"data.{key}", row)
+
+
+def missing_column(where: str, name: str, option: str, row: dict) -> TunesmithError:
+    """A column the config names that the file lacks: the file's columns and the closest name."""
+    close = close_match(name, list(map(str, row)))
+    return TunesmithError(
+        f"{where}: column {name!r} ({option}) not found; the columns are: {_columns(row)}"
+        + (f". Did you mean {close!r}?" if close else "")
+    )
 
 
 def _columns(row: dict) -> str:

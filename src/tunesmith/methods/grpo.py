@@ -37,7 +37,7 @@ from tunesmith.lm.tokens import IGNORE, pad_id, reply_tokens, target_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
-from tunesmith.models.saved import save_causal_lm
+from tunesmith.models.saved import save_merged
 from tunesmith.train.loop import Batch, Task, fit
 
 
@@ -294,7 +294,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         report |= {"test_rows": min(len(test), g.eval_prompts), "tuned": tuned} | forgets.report(base, tuned)
         if base:
             report["baseline"] = base
-    save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
+    save_merged(model, tokenizer, cfg, model_dir, run_dir / "model")
     return report
 
 

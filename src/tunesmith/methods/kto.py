@@ -29,7 +29,7 @@ from tunesmith.lm.tokens import has_targets, no_target_error, pad_id, reply_toke
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
-from tunesmith.models.saved import save_causal_lm
+from tunesmith.models.saved import save_merged
 from tunesmith.train.batches import order_batches
 from tunesmith.train.loop import Batch, Task, fit
 
@@ -183,7 +183,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         if cfg.eval.baseline:
             report |= forgets.report(general_before, report["tuned"])
             report["baseline"] = general_before | scores(test.ref, None, test.good, kto)
-    save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
+    save_merged(model, tokenizer, cfg, model_dir, run_dir / "model")
     return report
 
 

@@ -24,7 +24,7 @@ from tunesmith.lm.tokens import pad_id, pad_rows
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import HEAD_NAMES, build_classifier, freeze_embeddings
-from tunesmith.models.saved import REWARD, save_model
+from tunesmith.models.saved import REWARD, save_merged
 from tunesmith.train.batches import order_batches
 from tunesmith.train.loop import Batch, Task, fit
 
@@ -126,10 +126,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         report |= {"test_rows": len(test), "tuned": split_scores(model, test, cfg.train.batch_size)}
         if base:
             report["baseline"] = base | {"note": "the untuned base model with a fresh, seeded scalar head"}
-    saved = model.merge_and_unload() if cfg.lora else model
-    meta = {"method": cfg.method, "kind": REWARD, "base_model": cfg.model, "base_path": str(model_dir),
-            "max_length": cfg.train.max_length, "lora_merged": cfg.lora is not None}  # fmt: skip
-    save_model(saved, tokenizer, meta, run_dir / "model")
+    save_merged(model, tokenizer, cfg, model_dir, run_dir / "model", kind=REWARD)
     return report
 
 

@@ -22,7 +22,7 @@ from tunesmith.lm.tokens import Packed, Tokens
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
-from tunesmith.models.saved import save_causal_lm
+from tunesmith.models.saved import save_merged
 from tunesmith.train.batches import order_batches
 from tunesmith.train.loop import Task, fit
 
@@ -109,7 +109,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     base = scores(model) if cfg.eval.baseline else None
     task = make_task(model, tokens["train"], tokens.get("val"), cfg)
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
-    model = save_causal_lm(model, tokenizer, cfg, model_dir, run_dir / "model")
+    model = save_merged(model, tokenizer, cfg, model_dir, run_dir / "model")
     report = {"data": {name: tok.report() for name, tok in tokens.items()}, "train": result.summary()}
     tuned = scores(model)
     if tuned:

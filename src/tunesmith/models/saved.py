@@ -28,14 +28,14 @@ def save_model(model, tokenizer, meta: dict, out: Path) -> None:
         (tmp / "tunesmith.json").write_text(json.dumps(meta, indent=2))
 
 
-def save_causal_lm(model, tokenizer, cfg: RunConfig, base_path: Path, out: Path) -> torch.nn.Module:
-    """A trained causal LM as a plain transformers folder: a LoRA adapter is merged first. Returns the model
-    saved (the merged one under LoRA), which is what later scoring must use."""
+def save_merged(model, tokenizer, cfg: RunConfig, base_path: Path, out: Path, kind: str = CAUSAL_LM) -> torch.nn.Module:
+    """A trained model (a causal LM, or a reward head) as a plain transformers folder: a LoRA adapter is merged
+    first. Returns the model saved (the merged one under LoRA), which is what later scoring must use."""
     if cfg.lora:
         model = model.merge_and_unload()
     meta = {
         "method": cfg.method,
-        "kind": CAUSAL_LM,
+        "kind": kind,
         "base_model": cfg.model,
         "base_path": str(base_path),
         "max_length": cfg.train.max_length,

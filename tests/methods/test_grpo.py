@@ -126,3 +126,32 @@ def test_the_arithmetic_example_has_distinct_seeds_and_verifiable_rewards(tmp_pa
     got = score(rewards, [test[0]["prompt"]] * 3, [f"So it is... {answer}", "Answer: 99999", "no idea"],
                 {"references": [[answer]] * 3})  # fmt: skip
     assert got["exact_answer"].tolist() == [1.0, 0.0, 0.0] and got["answer_format"].tolist() == [0.2, 0.2, 0.0]
+
+
+def test_a_prompt_with_no_room_for_a_completion_names_it_or_is_skipped_and_counted(tiny_lm, tmp_path):
+    data = questions(tmp_path)
+    with data.open("a") as f:
+        for i in range(10):
+            f.write(json.dumps({"prompt": f"long question {i} " + "word " * 80, "response": "Yes."}) + "\n")
+    cfg = grpo_config(tiny_lm, tmp_path, data)
+    with pytest.raises(TunesmithError, match=r"prompt \d+ \(data/\w+.parquet\) is \d+ tokens, so no room is left"):
+        api.train(cfg | {"data": cfg["data"] | {"on_error": "fail"}}, quiet=True)
+    run = api.train(cfg, quiet=True)  # data.on_error: skip
+    prompts = json.loads((run / "eval.json").read_text())["prompts"]
+    assert sum(p["dropped_no_room"] for p in prompts.values()) == 10 and prompts["train"]["prompts"] > 0
+
+
+def test_the_dialogsum_rewards_score_what_they_say():
+    from pathlib import Path
+
+    rewards = Path(__file__).parents[2] / "examples" / "dialogsum_rewards.py"
+    names = ("under_budget", "keeps_speakers", "keeps_numbers", "rouge_l")
+    loaded = load_rewards(GrpoConfig(rewards=[{"function": f"{rewards}:{n}"} for n in names]))
+    prompt = "Summarise this dialogue:\n#Person1#: The room is 80 dollars.\n#Person2#: I'll take it for 2 nights."
+    ref = "#Person2# books a room at 80 dollars for 2 nights."
+    got = score(loaded, [prompt] * 3, [ref, "#Person1# sells a room for 95 dollars.", "word " * 100],
+                {"references": [[ref]] * 3})  # fmt: skip
+    assert got["under_budget"].tolist() == [1.0, 1.0, 0.0]
+    assert got["keeps_speakers"].tolist() == [0.5, 0.5, 0.0]
+    assert got["keeps_numbers"].tolist() == [1.0, 0.0, 0.5]  # all kept; none kept and one invented; none at all
+    assert got["rouge_l"][0] == pytest.approx(1.0) and got["rouge_l"][1] < 0.5

@@ -31,7 +31,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
 from tunesmith.infer.generator import Generator, Sampling
-from tunesmith.lm.chat import as_messages
+from tunesmith.lm.chat import as_messages, prompt_text
 from tunesmith.lm.logprobs import target_logits
 from tunesmith.lm.tokens import IGNORE, pad_id, reply_tokens, target_rows
 from tunesmith.methods import Method
@@ -177,10 +177,26 @@ def _eval_mode(model: torch.nn.Module):
 class Rollouts:
     """The prompts of a split, and how to turn a set of them into a batch of sampled, scored completions."""
 
-    def __init__(self, tokenizer, rows: list[dict], cfg: RunConfig, rewards: dict):
+    def __init__(self, tokenizer, rows: list[dict], cfg: RunConfig, rewards: dict, *, split: str = ""):
         self.tokenizer, self.cfg, self.grpo, self.rewards = tokenizer, cfg, cfg.section(), rewards
-        self.prompts = [as_messages(r)[:-1] for r in rows]
-        self.fields = {"references": [r.get("references") or [as_messages(r)[-1]["content"]] for r in rows]}
+        self.prompts, self.fields = [], {"references": []}
+        self.dropped = self.cut_short = 0  # prompts with no room for a completion; prompts whose completions may be cut
+        length = cfg.train.max_length
+        for n, row in enumerate(rows):
+            prompt = as_messages(row)[:-1]
+            used = len(tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+            if used >= length:
+                if cfg.data.on_error == "fail":
+                    raise TunesmithError(
+                        f"{split} prompt {n + 1} (data/{split}.parquet) is {used} tokens, so no room is left for a "
+                        f"completion within train.max_length={length}; raise train.max_length, or set "
+                        f"data.on_error: skip to skip and count such prompts"
+                    )
+                self.dropped += 1
+                continue
+            self.cut_short += used + self.grpo.max_new_tokens > length
+            self.prompts.append(prompt)
+            self.fields["references"].append(row.get("references") or [as_messages(row)[-1]["content"]])
         self.pad_id = pad_id(tokenizer)
 
     def __len__(self) -> int:
@@ -279,7 +295,10 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     model_dir = zoo.resolve(cfg.model)
     zoo.quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = {n: Rollouts(tokenizer, rows, cfg, rewards) for n, rows in read_rows(run_dir / "data").items()}
+    data = {n: Rollouts(tokenizer, rows, cfg, rewards, split=n) for n, rows in read_rows(run_dir / "data").items()}
+    if not len(data["train"]):
+        length = cfg.train.max_length
+        raise TunesmithError(f"no training prompt leaves room for a completion within train.max_length={length}")
     torch.manual_seed(cfg.train.seed)
     model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
@@ -288,7 +307,9 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     if test and len(test) and cfg.eval.baseline:
         base = test.greedy_scores(model, g.eval_prompts) | forgets.scores(model.eval())
     result = fit(make_task(model, data, cfg), cfg.train, run_dir, resume=resume, quiet=quiet)
-    report = {**g.model_dump(), "train": result.summary()}
+    prompts = {n: {"prompts": len(r), "dropped_no_room": r.dropped, "completions_may_be_cut": r.cut_short}
+               for n, r in data.items()}  # fmt: skip
+    report = {**g.model_dump(), "train": result.summary(), "prompts": prompts}
     if test is not None and len(test):
         tuned = test.greedy_scores(model, g.eval_prompts) | forgets.scores(model.eval())
         report |= {"test_rows": min(len(test), g.eval_prompts), "tuned": tuned} | forgets.report(base, tuned)

@@ -53,6 +53,8 @@ FILES = {
     "fake.parquet": "this is not parquet",
     "bad_role.jsonl": json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}) + "\n",
     "same_reply.jsonl": json.dumps({"prompt": "hi", "chosen": "hello", "rejected": "hello"}) + "\n",
+    "empty_reply.jsonl": json.dumps({"prompt": "hi", "chosen": "hello", "rejected": "  "}) + "\n",
+    "empty_feedback.jsonl": json.dumps({"prompt": "hi", "completion": "", "label": True}) + "\n",
     "one_class.csv": csv("text,label", *[f"only text {i} here,same" for i in range(30)]),
     "rare_class.csv": csv("text,label", *TWO_CLASSES, "a lonely example,c"),
     "split_bad.csv": csv("text,label,part", "x one,a,train", "y two,b,holdout"),
@@ -235,6 +237,18 @@ CASES = [
         ["prepare", "{p:same_reply.jsonl}", "--out", "{ws}/o"],
         2,
         ("same_reply.jsonl:1", "the same reply"),
+    ),
+    Case(
+        "an empty preference reply",
+        ["prepare", "{p:empty_reply.jsonl}", "--out", "{ws}/o"],
+        2,
+        ("empty_reply.jsonl:1", "empty rejected response"),
+    ),
+    Case(
+        "an empty feedback completion",
+        ["prepare", "{p:empty_feedback.jsonl}", "--out", "{ws}/o"],
+        2,
+        ("empty_feedback.jsonl:1", "empty"),
     ),
     Case(
         "a single class",

@@ -34,6 +34,10 @@ def test_the_loss_equals_a_hand_computation():
 
     want = (token(-1.0, -1.5, -1.0, 1.0) + token(-2.0, -2.0, -1.0, 1.0)) / 2 + token(-0.5, -0.4, -1.0, -1.0)
     assert loss.item() == pytest.approx(want, abs=1e-5) and metrics["kl"].item() > 0
+    fresh = {k: v for k, v in batch.items() if k != "old"}  # the sampling policy is the one being trained
+    same = grpo_loss(logp, rows, fresh, cfg)[0]
+    want = (token(-1.0, -1.0, -1.0, 1.0) + token(-2.0, -2.0, -1.0, 1.0)) / 2 + token(-0.5, -0.5, -1.0, -1.0)
+    assert same.item() == pytest.approx(want, abs=1e-5)
 
 
 def test_a_reward_that_fails_is_an_error_naming_it(tmp_path):

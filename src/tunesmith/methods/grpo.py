@@ -1,8 +1,8 @@
 """Group relative policy optimisation (Shao et al., 2024): online RL with your own reward. For each prompt the
 model samples a group of completions; each completion's advantage is its reward normalised within its group,
 A = (r - mean_group) / (std_group + 1e-4), so no value model is needed. Per completion token, with the ratio
-rho = pi / pi_old (pi_old: the policy that sampled; one update per sampling, as TRL's default) and the k3
-estimate of KL to the reference, the loss is
+rho = pi / pi_old (pi_old: the policy that sampled; one update per sampling, as TRL's default, so pi_old is pi
+detached and needs no forward pass of its own) and the k3 estimate of KL to the reference, the loss is
 
     -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon) * A) + beta * (ref/pi - log(ref/pi) - 1),
 
@@ -151,9 +151,10 @@ def token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, 
 def grpo_loss(logp: torch.Tensor, rows: torch.Tensor, batch: Batch, cfg: GrpoConfig):
     """The clipped surrogate plus the KL penalty, per token, averaged per completion and summed over completions."""
     adv = batch["advantages"][rows]
-    ratio = torch.exp(logp - batch["old"])
+    old = batch["old"] if "old" in batch else logp.detach()  # one update per sampling: pi_old is pi, ratio 1
+    ratio = torch.exp(logp - old)
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv)
-    delta = batch["ref"] - logp
+    delta = batch["ref"] - logp if cfg.beta > 0 else torch.zeros_like(logp)
     kl = torch.exp(delta) - delta - 1
     per_token = -surrogate + cfg.beta * kl
     b = batch["advantages"].shape[0]
@@ -226,12 +227,10 @@ class Rollouts:
             completions = self.completions(model, group, sampling)
             encoded = [reply_tokens(self.tokenizer, self.prompts[i], c, length) for i, c in zip(group, completions)]
             batch = {k: v.to(device) for k, v in target_rows(encoded, self.pad_id).items()}
-            old, _ = token_logprobs(model, batch)
+            ref = torch.zeros(0)
             if g.beta > 0:
                 with model.disable_adapter():
                     ref, _ = token_logprobs(model, batch)
-            else:
-                ref = old
         total, each = self.rewarded(group, completions)
         adv, flat = advantages(total, g.group_size)
         labels = batch["labels"]
@@ -244,8 +243,8 @@ class Rollouts:
             "zero_std_groups": float(flat.mean()) * n,
             "completion_tokens": float((labels[:, 1:] != IGNORE).sum()),
         }  # per completion, once averaged
-        return batch | {"advantages": torch.as_tensor(adv, dtype=torch.float32, device=device), "old": old,
-                        "ref": ref, "reward_metrics": metrics, "n": n, "examples": n}  # fmt: skip
+        adv_t = torch.as_tensor(adv, dtype=torch.float32, device=device)
+        return batch | {"advantages": adv_t, "ref": ref, "reward_metrics": metrics, "n": n, "examples": n}
 
     @torch.no_grad()
     def greedy_scores(self, model: torch.nn.Module, limit: int) -> dict[str, float]:

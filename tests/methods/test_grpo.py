@@ -90,9 +90,8 @@ def test_a_short_run_raises_the_reward_of_greedy_completions(tiny_lm, tmp_path):
     assert ev["tuned"]["reward"] > ev["baseline"]["reward"], (ev["tuned"]["reward"], ev["baseline"]["reward"])
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "loss" in r and "split" not in r]
-    assert {"reward", "reward_short", "reward_short_std", "kl", "zero_std_groups", "completion_tokens"} <= set(
-        logged[0]
-    )
+    want = {"reward", "reward_short", "reward_short_std", "kl", "zero_std_groups", "completion_tokens", "rollout_s"}
+    assert want <= set(logged[0]) and 0 < logged[0]["generate_s"] <= logged[0]["rollout_s"]
     html = (run / "report.html").read_text()
     assert 'alt="base vs tuned"' in html and '<td class="sample">' in html  # the reward bars and samples
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,8 +224,10 @@ class Rollouts:
         sampling = Sampling(g.max_new_tokens, g.temperature, g.top_p, repetition_penalty=1.0)
         length = self.cfg.train.max_length
         device = next(model.parameters()).device
+        start = time.perf_counter()
         with _eval_mode(model):
             completions = self.completions(model, group, sampling)
+            generated = time.perf_counter()
             encoded = [reply_tokens(self.tokenizer, self.prompts[i], c, length) for i, c in zip(group, completions)]
             batch = {k: v.to(device) for k, v in target_rows(encoded, self.pad_id).items()}
             ref = torch.zeros(0)
@@ -233,6 +236,7 @@ class Rollouts:
                     ref, _ = token_logprobs(model, batch)
         total, each = self.rewarded(group, completions)
         adv, flat = advantages(total, g.group_size)
+        seconds = {"generate_s": generated - start, "rollout_s": time.perf_counter() - start}  # + reference, rewards
         labels = batch["labels"]
         n = len(group)
         metrics = {f"reward_{k}": float(np.nansum(v)) for k, v in each.items()}
@@ -242,7 +246,7 @@ class Rollouts:
             "unscored_completions": float(np.isnan(total).sum()),
             "zero_std_groups": float(flat.mean()) * n,
             "completion_tokens": float((labels[:, 1:] != IGNORE).sum()),
-        }  # per completion, once averaged
+        } | {k: v * n for k, v in seconds.items()}  # per completion (seconds: per micro-batch), once averaged
         adv_t = torch.as_tensor(adv, dtype=torch.float32, device=device)
         return batch | {"advantages": adv_t, "ref": ref, "reward_metrics": metrics, "n": n, "examples": n}
 

@@ -68,3 +68,27 @@ def test_packed_loss_equals_the_loss_of_the_same_examples_unpacked(tiny_lm, toke
     assert sum(packed.collate([r])["n"] for r in range(len(packed))) == sum(
         tok.collate([i])["n"] for i in range(len(tok))
     )
+
+
+def test_branch_rows_give_the_log_probs_of_each_sequence_alone(tiny_lm, tokenizer):
+    """A shared prompt read once, with several replies branching from it (and a group whose replies share their
+    first words, which stay in each branch because they are scored), scores as each conversation alone."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.lm.logprobs import sequence_logprobs
+    from tunesmith.lm.tokens import branch_rows, reply_tokens, shared_start, target_rows
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    prompts = [[{"role": "user", "content": "Name a colour"}], [{"role": "user", "content": "Say hello " * 5}]]
+    replies = [["Red.", "Blue, or green, or red."], ["Hello there!", "Hello there, friend."]]
+    groups = [[reply_tokens(tokenizer, p, r, 256)[:2] for r in rs] for p, rs in zip(prompts, replies)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        together = sequence_logprobs(model, branch_rows(groups, pad))
+        apart = sequence_logprobs(model, target_rows([s for j in range(2) for s in (g[j] for g in groups)], pad))
+    assert together.shape == (4,)
+    assert torch.allclose(together, apart, atol=1e-5)
+    start = shared_start(groups[1])
+    assert 0 < start < len(groups[1][0][0]) and groups[1][0][1][start] != IGNORE  # the prompt only is shared
+    batch = branch_rows(groups, pad)
+    assert batch["input_ids"].shape[1] < sum(len(ids) for ids, _ in groups[1])  # fewer tokens than apart

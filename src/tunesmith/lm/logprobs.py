@@ -14,9 +14,8 @@ from tunesmith.lm.tokens import IGNORE, Batch, Tokens
 
 
 def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(N, vocab) logits at the N target positions, their (N,) target ids, and the (N,) row of each."""
-    labels = batch["labels"][:, 1:]
-    keep = labels != IGNORE  # (B, T-1)
+    """(N, vocab) logits at the N target positions, their (N,) target ids, and the (N,) sequence of each: a row,
+    or, for branch_rows, the sequence that "seq" names (each target then names the position that predicts it)."""
     # Packed rows carry position_ids that restart per example and a block-diagonal causal mask (4D), so no token
     # attends across an example boundary. (transformers' own detection of packing from position_ids alone did not
     # take effect here: measured, the loss then matched the unmasked one.)
@@ -25,7 +24,15 @@ def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, t
         "attention_mask": batch.get("attention_mask"),
         "position_ids": batch.get("position_ids"),
     }
-    if getattr(model.config, "final_logit_softcapping", None):  # logits are post-processed: take the full path
+    softcapped = getattr(model.config, "final_logit_softcapping", None)  # logits post-processed: the full path
+    if "pred" in batch:
+        if softcapped:
+            return model(**inputs).logits.flatten(0, 1)[batch["pred"]], batch["targets"], batch["seq"]
+        hidden = model.get_decoder()(**inputs).last_hidden_state.flatten(0, 1)
+        return model.get_output_embeddings()(hidden[batch["pred"]]), batch["targets"], batch["seq"]
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE  # (B, T-1)
+    if softcapped:
         logits = model(**inputs).logits[:, :-1][keep]
     else:
         hidden = model.get_decoder()(**inputs).last_hidden_state
@@ -45,7 +52,8 @@ def sequence_logprobs(model: torch.nn.Module, batch: Batch, mean: bool = False) 
     with `mean` averaged over them (IPO compares length-normalised log-probs)."""
     logits, targets, rows = target_logits(model, batch)
     per_token = -F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
-    total = torch.zeros(batch["labels"].shape[0], device=per_token.device).index_add_(0, rows, per_token)
+    n = batch["sequences"] if "pred" in batch else batch["labels"].shape[0]
+    total = torch.zeros(n, device=per_token.device).index_add_(0, rows, per_token)
     if not mean:
         return total
     return total / torch.zeros_like(total).index_add_(0, rows, torch.ones_like(per_token)).clamp(min=1)

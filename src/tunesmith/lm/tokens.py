@@ -1,5 +1,6 @@
 """Token ids and loss targets for causal LMs: one split at a time (Tokens), several examples per row (Packed),
-and windows of a general-text file. A target of IGNORE is no loss; position t predicts token t+1."""
+sequences that share a prompt in one row each (branch_rows), and windows of a general-text file. A target of
+IGNORE is no loss; position t predicts token t+1."""
 
 from __future__ import annotations
 
@@ -180,6 +181,60 @@ def block_causal_mask(positions: torch.Tensor) -> torch.Tensor:
     same = segment[:, :, None] == segment[:, None, :]
     causal = torch.tril(torch.ones(positions.shape[1], positions.shape[1], dtype=torch.bool))
     return torch.zeros(same.shape).masked_fill_(~(same & causal), torch.finfo(torch.float32).min)[:, None]
+
+
+def shared_start(sequences: list[tuple[list[int], list[int]]]) -> int:
+    """How many leading tokens all the (ids, targets) sequences have in common and none of them is scored on:
+    the prompt that branch_rows computes once."""
+    n = min(len(s[0]) for s in sequences) - 1  # each branch keeps at least one token
+    first_ids = sequences[0][0]
+    for at in range(n):
+        if any(ids[at] != first_ids[at] or targets[at] != IGNORE for ids, targets, *_ in sequences):
+            return at
+    return max(n, 0)
+
+
+def branch_rows(groups: list[list[tuple[list[int], list[int]]]], pad: int) -> Batch:
+    """Each group of (ids, targets) sequences that start alike as one row: their shared start once, then the rest
+    of each sequence, which attends to the shared start and to itself only (a 4D mask; positions continue from
+    the shared start in every branch). Each target names the position that predicts it ("pred", into the
+    flattened (G, T) row), so the last shared token predicts the first token of every branch. The same log-probs
+    as one row per sequence, for fewer tokens: chosen and rejected replies (or a group of sampled completions)
+    read their prompt once. "seq" numbers the sequences branch-major (sequence j of group g is j * G + g)."""
+    starts = [shared_start(group) for group in groups]
+    width = max(s + sum(len(seq[0]) - s for seq in group) for s, group in zip(starts, groups))
+    input_ids = torch.full((len(groups), width), pad, dtype=torch.long)
+    positions = torch.zeros((len(groups), width), dtype=torch.long)
+    segment = torch.full((len(groups), width), -1, dtype=torch.long)  # 0: shared, j + 1: branch j, -1: padding
+    pred, targets, seq = [], [], []
+    for g, (s, group) in enumerate(zip(starts, groups)):
+        input_ids[g, :s] = torch.tensor(group[0][0][:s], dtype=torch.long)
+        positions[g, :s] = torch.arange(s)
+        segment[g, :s] = 0
+        at = s
+        for j, (ids, tgt, *_) in enumerate(group):
+            n = len(ids) - s
+            input_ids[g, at : at + n] = torch.tensor(ids[s:], dtype=torch.long)
+            positions[g, at : at + n] = torch.arange(s, s + n)
+            segment[g, at : at + n] = j + 1
+            for t in range(n):
+                if tgt[s + t] != IGNORE and (t > 0 or s > 0):
+                    pred.append(g * width + (at + t - 1 if t > 0 else s - 1))
+                    targets.append(tgt[s + t])
+                    seq.append(j * len(groups) + g)
+            at += n
+    same = (segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == 0)
+    allowed = same & torch.tril(torch.ones(width, width, dtype=torch.bool))
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]
+    return {
+        "input_ids": input_ids,
+        "position_ids": positions,
+        "attention_mask": mask,
+        "pred": torch.tensor(pred, dtype=torch.long),
+        "targets": torch.tensor(targets, dtype=torch.long),
+        "seq": torch.tensor(seq, dtype=torch.long),
+        "sequences": len(groups) * len(groups[0]),
+    }
 
 
 def text_windows(tokenizer, path: str, max_length: int, limit: int) -> Tokens:

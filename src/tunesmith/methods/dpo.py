@@ -25,7 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.eval import forgetting
 from tunesmith.eval.forgetting import Forgetting
 from tunesmith.lm.logprobs import precompute_references, reference_logprobs, sequence_logprobs, split_logprobs
-from tunesmith.lm.tokens import has_targets, no_target_error, pad_id, reply_tokens, target_rows
+from tunesmith.lm.tokens import branch_rows, has_targets, no_target_error, pad_id, reply_tokens, shared_start
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -77,7 +77,10 @@ class Pairs:
                 continue
             self.chosen.append(sides[0])
             self.rejected.append(sides[1])
-        self.lengths = np.array([max(len(c[0]), len(r[0])) for c, r in zip(self.chosen, self.rejected)], np.int64)
+        # one row per pair: the shared prompt once, then both replies (branch_rows)
+        self.lengths = np.array(
+            [len(c[0]) + len(r[0]) - shared_start([c, r]) for c, r in zip(self.chosen, self.rejected)], np.int64
+        )
         self.pad_id = pad_id(tokenizer)
         self.ref: torch.Tensor | None = None  # (N, 2) reference log-probs of chosen, rejected, once computed
 
@@ -85,9 +88,8 @@ class Pairs:
         return len(self.chosen)
 
     def collate(self, idx) -> Batch:
-        """(2B, T): the B chosen conversations, then their B rejected ones."""
-        sides = [self.chosen[i] for i in idx] + [self.rejected[i] for i in idx]
-        batch = target_rows(sides, self.pad_id)
+        """One row per pair (the prompt read once); its log-probs come out as the B chosen, then the B rejected."""
+        batch = branch_rows([[self.chosen[i], self.rejected[i]] for i in idx], self.pad_id)
         batch |= {"n": len(idx), "examples": len(idx)}
         if self.ref is not None:
             batch["ref"] = self.ref[torch.as_tensor(np.asarray(idx))].T.reshape(-1)  # (2B,) chosen then rejected

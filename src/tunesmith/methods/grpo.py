@@ -34,7 +34,7 @@ from tunesmith.eval.forgetting import Forgetting
 from tunesmith.infer.generator import Generator, Sampling
 from tunesmith.lm.chat import as_messages, prompt_text
 from tunesmith.lm.logprobs import target_logits
-from tunesmith.lm.tokens import IGNORE, pad_id, reply_tokens, target_rows
+from tunesmith.lm.tokens import branch_rows, pad_id, reply_tokens
 from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
@@ -218,9 +218,10 @@ class Rollouts:
     @torch.no_grad()
     def batch(self, model: torch.nn.Module, idx) -> Batch:
         """Sample group_size completions per prompt (the model in eval mode), score them, and precompute the
-        sampling policy's and the reference's token log-probs."""
+        reference's token log-probs. A prompt and its group are one row: the prompt is read once (branch_rows)."""
         g = self.grpo
         group = [i for i in idx for _ in range(g.group_size)]
+        n = len(group)
         sampling = Sampling(g.max_new_tokens, g.temperature, g.top_p, repetition_penalty=1.0)
         length = self.cfg.train.max_length
         device = next(model.parameters()).device
@@ -229,7 +230,10 @@ class Rollouts:
             completions = self.completions(model, group, sampling)
             generated = time.perf_counter()
             encoded = [reply_tokens(self.tokenizer, self.prompts[i], c, length) for i, c in zip(group, completions)]
-            batch = {k: v.to(device) for k, v in target_rows(encoded, self.pad_id).items()}
+            rows = branch_rows([encoded[at : at + g.group_size] for at in range(0, n, g.group_size)], self.pad_id)
+            p = n // g.group_size  # branch_rows numbers completion j of prompt q j * p + q; here it is q * size + j
+            rows["seq"] = rows["seq"] % p * g.group_size + rows["seq"] // p
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in rows.items()}
             ref = torch.zeros(0)
             if g.beta > 0:
                 with model.disable_adapter():
@@ -237,15 +241,13 @@ class Rollouts:
         total, each = self.rewarded(group, completions)
         adv, flat = advantages(total, g.group_size)
         seconds = {"generate_s": generated - start, "rollout_s": time.perf_counter() - start}  # + reference, rewards
-        labels = batch["labels"]
-        n = len(group)
         metrics = {f"reward_{k}": float(np.nansum(v)) for k, v in each.items()}
         metrics |= {f"reward_{k}_std": float(np.nanstd(v)) * n for k, v in each.items()}
         metrics |= {
             "reward": float(np.nansum(total)),
             "unscored_completions": float(np.isnan(total).sum()),
             "zero_std_groups": float(flat.mean()) * n,
-            "completion_tokens": float((labels[:, 1:] != IGNORE).sum()),
+            "completion_tokens": float(len(batch["targets"])),
         } | {k: v * n for k, v in seconds.items()}  # per completion (seconds: per micro-batch), once averaged
         adv_t = torch.as_tensor(adv, dtype=torch.float32, device=device)
         return batch | {"advantages": adv_t, "ref": ref, "reward_metrics": metrics, "n": n, "examples": n}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Goran", "Hana", "Ivo", "June", "Kofi", "Lena", "Mateo", "Nia"]
 ITEMS = ["apples", "books", "coins", "marbles", "pencils", "stamps", "shells", "cards", "eggs", "buttons"]
-INSTRUCTION = "Solve the problem. End your reply with 'Answer: <number>'."
+INSTRUCTION = "Solve the problem in one or two short sentences, then end with 'Answer: <number>'."
 
 
 def one_step(rng: random.Random) -> tuple[str, int]:

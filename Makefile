@@ -40,9 +40,12 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch was changed to ' + v)"
 	$(BIN)/python benchmarks/classify_sst2.py
 	$(BIN)/python benchmarks/prepare_scale.py
 	$(BIN)/python benchmarks/pii_recall.py
+	$(BIN)/python benchmarks/preference.py
 
 clean:
 	rm -rf $(VENV) runs

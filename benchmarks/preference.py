@@ -322,7 +322,7 @@ def main() -> None:
     if not hh.exists() and a.only != "grpo":
         raise SystemExit(f"missing {hh}: the DPO side needs ../shared/data/hh_rlhf (or --data DIR, or --only grpo)")
     # (held-out rows, optimizer steps, probe steps); each side trains on as many rows as its steps take
-    sizes = {"dpo": (16, 2, 1), "grpo": (8, 2, 1)} if a.quick else {"dpo": (100, 10, 1), "grpo": (100, 10, 1)}
+    sizes = {"dpo": (16, 2, 1), "grpo": (8, 2, 1)} if a.quick else {"dpo": (100, 8, 1), "grpo": (100, 8, 1)}
     work = Path(tempfile.mkdtemp(prefix="pref-bench-"))
     shared = {"work": str(work), "quick": a.quick, "max_length": 256}
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -12,6 +12,7 @@ import yaml
 
 from tunesmith import methods, preflight
 from tunesmith.config import REPETITION_PENALTY, RunConfig, config_from_dict, dump_config, load_config
+from tunesmith.continual import resolve_parent
 from tunesmith.data.prepare import prepare
 from tunesmith.errors import ReportNotWritten, TunesmithError
 from tunesmith.files import write_json
@@ -27,12 +28,16 @@ def train(
     overrides: list[str] | None = None,
     *,
     resume: str | Path | None = None,
+    continue_from: str | Path | None = None,
     quiet: bool = False,
     on_data: Callable[[dict, Path], None] | None = None,
 ) -> Path:
     """Fine-tune as the config says and return the run directory (config.yaml, data/, model/, eval.json, report.html).
 
     With `resume`, continue the run in that directory from its latest checkpoint (its own config.yaml and data).
+    With `continue_from` (a finished run: name, id or folder), start from that run's model and train on this
+    config's data, keeping the earlier tasks by `continual.strategy` (continual learning); the run records it as
+    its parent.
     `on_data(report, folder)` is called with data_report.json once the data is prepared, before training.
     """
     if resume is not None:
@@ -40,11 +45,15 @@ def train(
         cfg = load_config(run_dir / "config.yaml", overrides)
     else:
         cfg = _as_config(config, overrides)
+        if continue_from is not None:
+            cfg.continual.parent = str(continue_from)
+        if cfg.continual.parent is not None:  # the exact folder, checked before a run folder exists
+            cfg.continual.parent = str(resolve_parent(cfg))
         run_dir = new_run_dir(cfg.output_dir, cfg.name)
     method = methods.get(cfg.method)
     registry = Registry(run_dir.parent)
     cfg_text = dump_config(cfg)
-    registry.start(run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method)
+    registry.start(run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method, parent=cfg.continual.parent)
     try:
         if resume is None:
             (run_dir / "config.yaml").write_text(cfg_text)
@@ -272,7 +281,23 @@ def show_run(key: str, output_dir: str | Path | None = None) -> dict:
     if eval_path.is_file():
         info["eval"] = json.loads(eval_path.read_text())
     info["config"] = yaml.safe_load((run_dir / "config.yaml").read_text())
+    info["lineage"] = lineage(run_dir)
     return info
+
+
+def lineage(run_dir: Path) -> list[str]:
+    """The run folders this run descends from by --continue-from, its parent first, the first run last."""
+
+    def parent_of(folder: Path) -> str | None:
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        return (cfg.get("continual") or {}).get("parent")
+
+    chain, seen, parent = [], {run_dir}, parent_of(run_dir)
+    while parent and Path(parent) not in seen and (Path(parent) / "config.yaml").is_file():
+        chain.append(parent)
+        seen.add(Path(parent))
+        parent = parent_of(Path(parent))
+    return chain
 
 
 def list_models() -> list[dict]:

@@ -73,14 +73,22 @@ def train(
     resume: Annotated[
         str | None, typer.Option(help="Continue this run (directory, id or name) from its latest checkpoint.")
     ] = None,
+    continue_from: Annotated[
+        str | None,
+        typer.Option(help="Start from this finished run's model (continual learning; see continual.strategy)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Fine-tune a model as CONFIG says; print tuned vs baseline metrics and the report's path."""
     if config is None and resume is None:
         raise TunesmithError("give a CONFIG file, or --resume RUN")
+    if resume is not None and continue_from is not None:
+        raise TunesmithError("--resume continues a run that stopped; --continue-from starts a new one: give one")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReportNotWritten)  # print_eval says it, in one line
-        run_dir = _api().train(config, set_ or [], resume=resume, quiet=quiet, on_data=print_data)
+        run_dir = _api().train(
+            config, set_ or [], resume=resume, continue_from=continue_from, quiet=quiet, on_data=print_data
+        )
     print_eval(run_dir)
 
 

@@ -168,6 +168,20 @@ class EvalConfig(Strict):
     general_tokens: int = Field(20000, gt=0)  # at most this many tokens of general_text are scored
 
 
+class ContinualConfig(Strict):
+    """A run that continues from a finished run (its parent: `tunesmith train CONFIG --continue-from RUN`) starts
+    from the parent's model and keeps what it learnt by one of these strategies."""
+
+    parent: str | None = None  # the run continued from: a name, registry id or folder (--continue-from sets it)
+    # naive: plain sequential fine-tuning; replay: earlier training rows mixed in; l2: a pull towards the parent's
+    # weights; ewc: the same pull, weighted per weight by the Fisher information on the parent's training rows
+    strategy: Literal["naive", "replay", "l2", "ewc"] = "naive"
+    replay_ratio: float = Field(0.25, ge=0.0, le=1.0)  # replay: earlier rows mixed in per new training row
+    weight: float = Field(1.0, ge=0.0)  # l2, ewc: the strength of the pull (lambda)
+    fisher_rows: int = Field(512, gt=0)  # ewc: parent training rows the Fisher information is estimated on
+    buffer: int = Field(1000, gt=0)  # training rows every run keeps (seeded, shared out among its tasks) for replay
+
+
 def _default_method() -> str:
     from tunesmith import methods  # late: the methods import this module
 
@@ -187,6 +201,7 @@ class RunConfig(Strict):
     lora: LoraConfig | None = None  # omit for full fine-tuning
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    continual: ContinualConfig = ContinualConfig()
     output_dir: str = "runs"
 
     @model_validator(mode="after")

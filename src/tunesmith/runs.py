@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL,
     pid INTEGER,
     pid_created REAL,
-    host TEXT
+    host TEXT,
+    parent TEXT
 )
 """
 COLUMNS = "id, name, status, config_hash, model, method, metrics, error, path, started, finished"
@@ -78,19 +79,26 @@ class Registry:
         con = sqlite3.connect(self.path, timeout=60)
         con.row_factory = sqlite3.Row
         con.execute(SCHEMA)
-        if "pid" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:
+        columns = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+        if "pid" not in columns:
             _migrate(con)
+        elif "parent" not in columns:  # a registry from before continual learning
+            with con:
+                con.execute("ALTER TABLE runs ADD COLUMN parent TEXT")
         return con
 
-    def start(self, run_dir: Path, name: str, cfg_hash: str, model: str, method: str) -> None:
+    def start(
+        self, run_dir: Path, name: str, cfg_hash: str, model: str, method: str, parent: str | None = None
+    ) -> None:
+        """A running row; `parent` is the run folder this one continues from (continual learning)."""
         me = psutil.Process()
         with closing(self._connect()) as con, con:
             con.execute(
-                "INSERT INTO runs (name, status, config_hash, model, method, path, started, pid, pid_created, host) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO runs (name, status, config_hash, model, method, path, started, pid, pid_created, host, "
+                "parent) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET status='running', error=NULL, finished=NULL, "
                 "pid=excluded.pid, pid_created=excluded.pid_created, host=excluded.host",
-                (name, cfg_hash, model, method, str(run_dir), time.time(), me.pid, me.create_time(), HOST),
+                (name, cfg_hash, model, method, str(run_dir), time.time(), me.pid, me.create_time(), HOST, parent),
             )
         _remember(self.path)
 

@@ -5,6 +5,7 @@ The loop lives in train/loop.py; this module builds what it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tunesmith import continual
 from tunesmith.config import DataConfig, RunConfig, load_config
 from tunesmith.data.prepare import Preparer
-from tunesmith.data.prepared import read_prepared, read_split
+from tunesmith.data.prepared import Split, read_prepared, read_split
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.baseline import frozen_baseline_logits
 from tunesmith.eval.calibration import choose_temperature, reliability, softmax
@@ -75,13 +77,32 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     prep = read_prepared(run_dir / "data")
     model_dir = zoo.resolve(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    enc = {name: Encoded(tokenizer, split, prep.labels, cfg.train.max_length) for name, split in prep.splits.items()}
+    parent = continual.parent_of(cfg)  # --continue-from: start from that run's model, keep what it learnt
+    labels = continual.grown_labels(parent, prep.labels)
+    splits = dict(prep.splits)
+    if parent is not None and cfg.continual.strategy == "replay":
+        again = continual.replayed(parent, len(splits["train"]), cfg.continual.replay_ratio, cfg.train.seed)
+        splits["train"] = Split(splits["train"].texts + again.texts, splits["train"].labels + again.labels)
+    enc = {name: Encoded(tokenizer, split, labels, cfg.train.max_length) for name, split in splits.items()}
     torch.manual_seed(cfg.train.seed)
-    model = build_classifier(model_dir, prep.labels, dropout=cfg.train.dropout, lora=cfg.lora)
+    if parent is None:
+        model = build_classifier(model_dir, labels, dropout=cfg.train.dropout, lora=cfg.lora)
+    else:
+        model = continual.start_classifier(parent, labels, cfg)
     freeze_embeddings(model, cfg.train, cfg.lora)
     task = make_task(model, enc["train"], enc.get("val"), cfg)
+    has_test = "test" in enc and len(enc["test"])
+    if parent is not None:
+        before = (
+            float((predict_logits(model.eval(), enc["test"]).argmax(-1) == enc["test"].labels).mean())
+            if has_test
+            else None
+        )
+        anchor = continual.anchor_for(model, parent, labels, task.loss, tokenizer, cfg)
+        task = dataclasses.replace(task, loss=continual.regularised(task.loss, anchor))
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
     model.eval()
+    continual.write_replay(run_dir, prep.splits["train"], parent, cfg.continual, cfg.train.seed)
 
     calibration = {"temperature": 1.0, "chosen": "none", "why": "eval.calibrate is off, or no validation rows"}
     if cfg.eval.calibrate and "val" in enc and len(enc["val"]):
@@ -93,21 +114,30 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         "kind": CLASSIFIER,
         "base_model": cfg.model,
         "base_path": str(model_dir),
-        "labels": prep.labels,
+        "labels": labels,
         "temperature": temperature,
         "max_length": cfg.train.max_length,
         "lora": cfg.lora is not None,
+        "parent": cfg.continual.parent,
     }
     save_model(model, tokenizer, meta, run_dir / "model")
 
     report = {
-        "labels": prep.labels,
+        "labels": labels,
         "temperature": temperature,
         "calibration": calibration,
         "train": result.summary() | {"truncated_train_examples": enc["train"].truncated},
     }
-    if "test" in enc and len(enc["test"]):
-        report |= score_test(model, model_dir, enc, prep.labels, temperature, cfg)
+    if has_test:
+        report |= score_test(model, model_dir, enc, labels, temperature, cfg)
+    if parent is not None:
+        now = continual.accuracy_on_tasks(model, tokenizer, labels, parent, cfg.train.max_length)
+        now.append(report["tuned"]["accuracy"] if has_test else float("nan"))
+        baseline = report.get("baseline", {}).get("accuracy")
+        report["continual"] = {"parent": str(parent.dir), "strategy": cfg.continual.strategy} | continual.transfer(
+            parent, run_dir, now, before, baseline
+        )
+        report["continual"]["replayed_rows"] = len(enc["train"]) - len(prep.splits["train"])
     return report
 
 
@@ -207,7 +237,7 @@ METHODS = (
         scores=(("accuracy", False), ("macro_f1", False), ("ece", True), ("ece_calibrated", True)),
         val_metrics=("macro_f1", "accuracy", "loss"),
         headline=("accuracy", "macro_f1"),
-        options=frozenset({"train.head_lr", "eval.calibrate", "eval.bins"}),
+        options=frozenset({"train.head_lr", "eval.calibrate", "eval.bins", *continual.OPTIONS}),
         curve=("accuracy", "macro_f1"),
         figures=("confusion", "reliability"),
         evaluate=evaluate,

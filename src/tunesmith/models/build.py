@@ -37,9 +37,16 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str) -> torch.
 
 
 def build_classifier(
-    model_dir: Path, labels: list[str], *, dropout: float | None = None, lora: LoraConfig | None = None
+    model_dir: Path,
+    labels: list[str],
+    *,
+    dropout: float | None = None,
+    lora: LoraConfig | None = None,
+    head_from: dict[str, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """An encoder (or any model with a sequence-classification head) with a fresh head over `labels`."""
+    """An encoder (or any model with a sequence-classification head) with a head over `labels`: fresh, or, where
+    model_dir holds a classifier over fewer labels (`head_from`: its state dict), the same head grown by the new
+    labels: the rows of the old labels, which come first, are kept and the new rows start fresh."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     zoo.quiet_transformers()
@@ -51,7 +58,15 @@ def build_classifier(
     )
     if dropout is not None:
         set_dropout(config, dropout)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, config=config, dtype=torch.float32, ignore_mismatched_sizes=head_from is not None
+    )
+    if head_from is not None:
+        with torch.no_grad():
+            for name, param in model.state_dict().items():
+                old = head_from.get(name)
+                if old is not None and old.shape != param.shape:
+                    param[: old.shape[0]].copy_(old)
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         model.config.pad_token_id = model.config.eos_token_id
     return add_lora(model, lora, "SEQ_CLS") if lora else model

@@ -30,7 +30,7 @@ class Method:
     val_metrics: tuple[str, ...]  # what its validation reports (early stopping); the first is the default
     headline: tuple[str, ...]  # scores recorded in the registry of runs
     section: type[BaseModel] | None = None  # its own config section, under its name (e.g. dpo: {beta: 0.1})
-    options: frozenset[str] = frozenset()  # keys of train/eval that only some methods use, and this one does
+    options: frozenset[str] = frozenset()  # keys of train/eval/continual that only some methods use, and this one does
     figures: tuple[str, ...] = ()  # report figures beyond the curves and lengths (see report/html.py)
     panels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the before/after figure: (title, score keys) per panel
     curve: tuple[str, ...] = ()  # logged scores drawn beside the loss curve: the first found, validation first

@@ -18,7 +18,7 @@ preference accuracy (the model's log-prob of the chosen reply above the rejected
 of greedy completions of held-out problems for GRPO.
 
     .venv/bin/pip install -e ".[bench]"    # TRL 1.16.0, beside tunesmith's pins (torch and transformers unchanged)
-    .venv/bin/python benchmarks/preference.py                 # about 45 minutes on 2 idle cores
+    .venv/bin/python benchmarks/preference.py                 # 27 minutes on 2 idle cores (1,598 s on 2026-12-03)
     .venv/bin/python benchmarks/preference.py --quick --out /tmp/pref.json   # a few minutes: checks the pipeline
 """
 

@@ -104,32 +104,35 @@ def replayed(parent: Parent, n_new: int, ratio: float, seed: int) -> Split:
 
 
 class Anchor:
-    """weight/2 * sum F * (w - w_parent)^2 over the trained weights the parent had (F = 1 for L2, the diagonal
-    Fisher information for EWC). Taken when training starts, where every such weight is the parent's."""
+    """weight/2 * sum F * (w - w_parent)^2 over the trained weights (F = 1 for L2, the diagonal Fisher information
+    for EWC), except the `free` ones, which have no parent value to hold on to (a head grown by new labels). Taken
+    when training starts, where every such weight is the parent's."""
 
-    def __init__(self, model: torch.nn.Module, weight: float, fisher: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        weight: float,
+        fisher: dict[str, torch.Tensor] | None = None,
+        free: frozenset[str] = frozenset(),
+    ):
         self.weight, self.fisher = weight, fisher
         self.start = {
-            n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and not _fresh(n, fisher)
+            n: p.detach().clone()
+            for n, p in model.named_parameters()
+            if p.requires_grad and n not in free and (fisher is None or n in fisher)
         }
 
     def __call__(self, model: torch.nn.Module) -> torch.Tensor:
-        total = torch.zeros(())
+        terms = []
         for name, param in model.named_parameters():
             if name in self.start:
-                d2 = (param - self.start[name].to(param.device)) ** 2
-                total = total + (d2 * self.fisher[name].to(param.device) if self.fisher else d2).sum().cpu()
-        return 0.5 * self.weight * total
-
-
-def _fresh(name: str, fisher: dict | None) -> bool:
-    """A weight with no parent value to hold on to (EWC: none estimated for it)."""
-    return fisher is not None and name not in fisher
+                d2 = (param - self.start[name]) ** 2
+                terms.append((d2 * self.fisher[name] if self.fisher else d2).sum())
+        return 0.5 * self.weight * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def fisher_information(model: torch.nn.Module, loss, batches: list) -> dict[str, torch.Tensor]:
-    """The diagonal empirical Fisher: mean squared gradient of the loss per batch, for every trained weight whose
-    shape the parent had (a grown head's new rows have none, so the whole head is left out)."""
+    """The diagonal empirical Fisher of every trained weight: the mean squared gradient of the loss per batch."""
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
     was_training = model.training
     model.eval()
@@ -236,7 +239,7 @@ def anchor_for(model, parent: Parent, labels: list[str], task_loss, tokenizer, c
     if c.strategy not in ("l2", "ewc"):
         return None
     grown = len(labels) != len(parent.meta["labels"])
-    free = {n for n, _ in model.named_parameters() if grown and any(h in n for h in HEAD_NAMES)}
+    free = frozenset(n for n, _ in model.named_parameters() if grown and any(h in n for h in HEAD_NAMES))
     fisher = None
     if c.strategy == "ewc":
         rows = read_prepared(parent.dir / "data").splits["train"]
@@ -245,10 +248,7 @@ def anchor_for(model, parent: Parent, labels: list[str], task_loss, tokenizer, c
                       cfg.train.max_length)  # fmt: skip
         batches = [enc.collate(np.arange(at, min(at + 8, len(enc)))) for at in range(0, len(enc), 8)]
         fisher = fisher_information(model, task_loss, batches)
-    anchor = Anchor(model, c.weight, fisher)
-    for name in free:
-        anchor.start.pop(name, None)
-    return anchor
+    return Anchor(model, c.weight, fisher, free)
 
 
 def accuracy_on_tasks(model, tokenizer, labels: list[str], parent: Parent, max_length: int) -> list[float]:

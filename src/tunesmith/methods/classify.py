@@ -93,11 +93,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     task = make_task(model, enc["train"], enc.get("val"), cfg)
     has_test = "test" in enc and len(enc["test"])
     if parent is not None:
-        before = (
-            float((predict_logits(model.eval(), enc["test"]).argmax(-1) == enc["test"].labels).mean())
-            if has_test
-            else None
-        )
+        before = continual.accuracy(model.eval(), enc["test"]) if has_test else None
         anchor = continual.anchor_for(model, parent, labels, task.loss, tokenizer, cfg)
         task = dataclasses.replace(task, loss=continual.regularised(task.loss, anchor))
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)

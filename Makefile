@@ -46,6 +46,8 @@ bench: install
 	$(BIN)/python benchmarks/prepare_scale.py
 	$(BIN)/python benchmarks/pii_recall.py
 	$(BIN)/python benchmarks/preference.py
+	$(BIN)/python benchmarks/fewshot.py
+	$(BIN)/python benchmarks/continual.py
 
 clean:
 	rm -rf $(VENV) runs

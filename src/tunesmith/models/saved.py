@@ -63,7 +63,11 @@ def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
             f"{model_dir.parent}: a {meta['method']} run is not a classifier; {use} (its test scores are in eval.json)"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if meta["lora"]:
+    if meta.get("head") == "pooled":
+        from tunesmith.models.pooled import PooledClassifier
+
+        model = PooledClassifier.from_pretrained(model_dir)
+    elif meta["lora"]:
         from peft import PeftModel
 
         base = build_classifier(zoo.resolve(meta["base_model"]), meta["labels"])

@@ -44,8 +44,9 @@ SEED = 13
 def sentiment_tasks(data: Path, rows: int) -> list[tuple[str, list, list]]:
     out = []
     for name in ("amazon_cells_labelled", "yelp_labelled", "imdb_labelled"):
-        lines = [ln.rsplit("\t", 1) for ln in (data / "sentiment_stream" / f"{name}.txt").read_text().splitlines()]
-        pairs = [(t.strip(), y.strip()) for t, y in lines if t.strip()]
+        text = (data / "sentiment_stream" / f"{name}.txt").read_text(encoding="utf-8")
+        lines = [ln.rsplit("\t", 1) for ln in text.split("\n") if ln.strip()]  # imdb's texts hold U+0085 (NEL)
+        pairs = [(t.strip(), y.strip()) for t, y in lines]
         order = np.random.default_rng(SEED).permutation(len(pairs))
         cut = int(0.8 * len(pairs))
         out.append((name.split("_")[0], [pairs[i] for i in order[:cut][:rows]], [pairs[i] for i in order[cut:]]))

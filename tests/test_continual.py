@@ -55,6 +55,7 @@ def test_a_run_continued_from_another_grows_its_head_records_its_parent_and_scor
     assert report["matrix"][0] == [round(first, 4)]
     assert len(report["matrix"][1]) == 2 and report["bwt"] == pytest.approx(report["matrix"][1][0] - round(first, 4))
     assert report["fwt"] is not None and report["before"][1] is not None
+    assert 'alt="accuracy matrix"' in (child / "report.html").read_text()  # the heat map
     kept = pq.read_table(child / "replay.parquet").to_pylist()
     assert {r["task"] for r in kept} == {parent.name, child.name}  # both tasks stay replayable down the chain
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import yaml
 
-from tunesmith import methods, preflight
+from tunesmith import methods, preflight, stages
 from tunesmith.config import REPETITION_PENALTY, RunConfig, config_from_dict, dump_config, load_config
 from tunesmith.continual import resolve_parent
 from tunesmith.data.prepare import prepare
+from tunesmith.data.prepared import read_prepared
 from tunesmith.errors import ReportNotWritten, TunesmithError
 from tunesmith.files import write_json
 from tunesmith.infer.classifier import Classifier
@@ -55,14 +56,24 @@ def train(
     cfg_text = dump_config(cfg)
     registry.start(run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method, parent=cfg.continual.parent)
     try:
-        if resume is None:
+        staged = stages.stage_configs(cfg)
+        if resume is None:  # every stage's data is read and checked before anything trains
             (run_dir / "config.yaml").write_text(cfg_text)
-            preflight.check_model(cfg, zoo.resolve(cfg.model))  # before reading data
-            report = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))
-            if on_data is not None:
-                on_data(report, run_dir / "data")
-            preflight.check_data(cfg, method, report, run_dir / "data")
-        report = {"method": cfg.method} | method.run(cfg, run_dir, resume=resume is not None, quiet=quiet)
+            _prepare_run(cfg, run_dir, on_data)
+            for i, stage in enumerate(staged):
+                folder = stages.stage_dir(run_dir, i, stage)
+                folder.mkdir(parents=True)
+                (folder / "config.yaml").write_text(dump_config(stage))
+                _prepare_run(stage, folder, None)
+        last = None
+        for i, stage in enumerate(staged):  # a stage finished before an interruption is not trained again
+            folder = stages.stage_dir(run_dir, i, stage)
+            if not (folder / "eval.json").is_file():
+                write_json(folder / "eval.json", _fit_run(stage, folder, last, quiet))
+            last = folder
+        report = _fit_run(cfg, run_dir, last, quiet)
+        if staged:
+            report["stages"] = stages.reports(run_dir, staged)
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
         message = (
@@ -79,6 +90,25 @@ def train(
     registry.finish(run_dir, "done", metrics=headline(report, method.headline))
     _write_report(run_dir)
     return run_dir
+
+
+def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], None] | None) -> None:
+    """The model is checked, the data read, cleaned, split and checked against the method: before any training."""
+    preflight.check_model(cfg, zoo.resolve(cfg.model))  # before reading data
+    report = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))
+    if on_data is not None:
+        on_data(report, run_dir / "data")
+    preflight.check_data(cfg, methods.get(cfg.method), report, run_dir / "data")
+
+
+def _fit_run(cfg: RunConfig, run_dir: Path, after: Path | None, quiet: bool) -> dict:
+    """The method's run on prepared data, from the weights of the stage `after` (when there is one), resumed
+    where a checkpoint was left; returns the content of eval.json."""
+    if after is not None:
+        labels = read_prepared(run_dir / "data").labels or None
+        cfg.model = str(stages.start_folder(after, run_dir / "start", labels, cfg.keep_head, cfg.method))
+    resume = bool(list_checkpoints(run_dir / "checkpoints"))
+    return {"method": cfg.method} | methods.get(cfg.method).run(cfg, run_dir, resume=resume, quiet=quiet)
 
 
 def resumable(run: str | Path) -> Path:
@@ -99,7 +129,7 @@ def resumable(run: str | Path) -> Path:
         raise TunesmithError(
             f"{run}: the run ({status}) stopped before its data was prepared; nothing to resume: {again}"
         )
-    if not list_checkpoints(run_dir / "checkpoints"):
+    if not list_checkpoints(run_dir / "checkpoints") and not (run_dir / "stages").is_dir():
         raise TunesmithError(
             f"{run}: the run ({status}) stopped before its first checkpoint; nothing to resume: {again}"
         )

@@ -202,6 +202,11 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     continual: ContinualConfig = ContinualConfig()
+    # Transfer learning in stages: each entry is trained before this run, in order, each from the weights of the
+    # one before (the first from `model`), and this run from the last: {name, data, and any of method, train,
+    # eval, lora, keep_head and the stage method's section}; train and eval are merged over this run's.
+    stages: list[dict] = []
+    keep_head: bool = False  # after a stage: keep its classification head even where the labels differ in name
     output_dir: str = "runs"
 
     @model_validator(mode="after")
@@ -209,6 +214,14 @@ class RunConfig(Strict):
         taken = (0 if self.data.val else self.data.val_fraction) + (0 if self.data.test else self.data.test_fraction)
         if taken >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must leave at least 10% for training")
+        return self
+
+    @model_validator(mode="after")
+    def _stages_are_valid(self) -> RunConfig:
+        """Every stage is a valid config of its own (checked now, before anything trains)."""
+        from tunesmith.stages import stage_configs
+
+        stage_configs(self)
         return self
 
     @model_validator(mode="after")
@@ -358,6 +371,12 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         cfg.data.label_names = str((base / names).resolve())
     if cfg.eval.general_text and not Path(cfg.eval.general_text).is_absolute():
         cfg.eval.general_text = str((base / cfg.eval.general_text).resolve())
+    for stage in cfg.stages:  # checked to be mappings with a data mapping when the config was validated
+        data = stage["data"]
+        for field in ("train", "val", "test", "label_names"):
+            value = data.get(field)
+            if isinstance(value, str) and not value.startswith("pkg:") and not Path(value).is_absolute():
+                data[field] = str((base / value).resolve())
     if cfg.model.startswith((".", "/")) and not Path(cfg.model).is_absolute():
         cfg.model = str((base / cfg.model).resolve())
     return cfg

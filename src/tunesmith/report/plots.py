@@ -6,6 +6,7 @@ import base64
 import io
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -60,6 +61,29 @@ def confusion(matrix: list[list[int]], labels: list[str]) -> str:
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _png(fig)
+
+
+def accuracy_matrix(matrix: list[list[float | None]], tasks: list[str]) -> str:
+    """Continual learning: accuracy on task j (column) after training on task i (row); below the diagonal is what
+    was kept of the earlier tasks."""
+    n = len(tasks)
+    grid = np.full((n, n), np.nan)
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            grid[i, j] = np.nan if v is None else v
+    fig, ax = plt.subplots(figsize=(2.8 + 0.9 * n, 2.2 + 0.8 * n))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1)
+    short = [t if len(t) <= 18 else t[:17] + "…" for t in tasks]
+    ax.set_xticks(range(n), short, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(n), [f"after {t}" for t in short], fontsize=8)
+    ax.set_xlabel("accuracy on the test rows of")
+    for i in range(n):
+        for j in range(n):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=9,
+                        color="black" if grid[i, j] > 0.6 else "white")  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _png(fig)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import tiny_config
+from tests.conftest import sft_config, tiny_config
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.continual import Anchor, transfer
@@ -98,11 +98,16 @@ def test_backward_and_forward_transfer_by_hand(tmp_path):
     from tunesmith.continual import Parent
 
     first = Parent(tmp_path / "a", {}, {"tuned": {"accuracy": 0.9}, "baseline": {"accuracy": 0.6}})
-    got = transfer(first, tmp_path / "b", now=[0.7, 0.8], before=0.55, baseline=0.5)
+    got = transfer(first, tmp_path / "b", now=[0.7, 0.8], before=0.55, baseline=0.5, metric="accuracy")
     assert got["matrix"] == [[0.9], [0.7, 0.8]]
     assert got["avg_acc"] == pytest.approx(0.75)
     assert got["bwt"] == pytest.approx(0.7 - 0.9)  # forgetting
     assert got["fwt"] == pytest.approx(0.55 - 0.5)
+    lm = Parent(tmp_path / "a", {}, {"tuned": {"loss": 2.0}, "baseline": {"loss": 3.0}})
+    got = transfer(lm, tmp_path / "b", now=[2.5, 1.5], before=2.8, baseline=3.1, metric="loss")
+    assert got["avg_loss"] == pytest.approx(2.0)
+    assert got["bwt"] == pytest.approx(-(2.5 - 2.0))  # the loss on the first task rose: forgetting, negative
+    assert got["fwt"] == pytest.approx(3.1 - 2.8)  # lower than the untuned model's before training: positive
 
 
 def test_bad_continuations_are_clear_errors(first_run, tiny_model, fixtures, tmp_path):
@@ -114,7 +119,43 @@ def test_bad_continuations_are_clear_errors(first_run, tiny_model, fixtures, tmp
         config_from_dict(tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp, continual={"replay_ratio": 1.5}))
     with pytest.raises(TunesmithError, match="no run 'nowhere'"):
         api.train(tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp), continue_from="nowhere", quiet=True)
-    sft = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp, method="sft", continual={"parent": str(parent)})
-    with pytest.raises(TunesmithError, match="continual.parent: method sft does not use it"):
-        config_from_dict(sft)
+    dpo = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp, method="dpo", continual={"parent": str(parent)})
+    with pytest.raises(TunesmithError, match="continual.parent: method dpo does not use it"):
+        config_from_dict(dpo)
     assert yaml.safe_load((parent / "config.yaml").read_text())["continual"]["parent"] is None
+
+
+@pytest.fixture(scope="module")
+def lm_parent(tiny_lm, fixtures, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lm-continual")
+    cfg = sft_config(tiny_lm, tmp, fixtures / "oasst_20.jsonl", name="chat-a", train={"epochs": 1})
+    return api.train(cfg, quiet=True), tmp
+
+
+@pytest.mark.parametrize("strategy", ["replay", "ewc"])
+def test_a_causal_lm_continues_and_scores_every_task_by_test_loss(lm_parent, tiny_lm, fixtures, strategy):
+    parent, tmp = lm_parent
+    cfg = sft_config(tiny_lm, tmp, fixtures / "sharegpt_10.jsonl", name=f"chat-b-{strategy}", train={"epochs": 1},
+                     continual={"strategy": strategy, "replay_ratio": 1.0, "fisher_rows": 8})  # fmt: skip
+    child = api.train(cfg, continue_from=str(parent), quiet=True)
+    report = json.loads((child / "eval.json").read_text())["continual"]
+    first = json.loads((parent / "eval.json").read_text())["tuned"]["loss"]
+    assert report["metric"] == "loss" and report["matrix"][0] == [round(first, 4)] and len(report["matrix"][1]) == 2
+    assert report["bwt"] == pytest.approx(-(report["matrix"][1][0] - round(first, 4)), abs=1e-4)
+    assert (report["replayed_rows"] > 0) == (strategy == "replay")
+    assert api.show_run(str(child))["lineage"] == [str(parent)]
+
+
+def test_replay_needs_rows_of_the_parents_shape(lm_parent, tiny_lm, fixtures):
+    parent, tmp = lm_parent
+    cfg = sft_config(tiny_lm, tmp, fixtures / "dialogsum_20.jsonl", name="summaries", continual={"strategy": "replay"},
+                     data={"response": "summary", "prompt_template": "Summarise:\n{dialogue}"})  # fmt: skip
+    with pytest.raises(TunesmithError, match="trained on chat rows and this run's data is instruction"):
+        api.train(cfg, continue_from=str(parent), quiet=True)
+
+
+def test_a_method_that_does_not_continue_says_so(first_run, tiny_model, fixtures):
+    parent, tmp = first_run
+    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp, method="fewshot")
+    with pytest.raises(TunesmithError, match="method fewshot does not continue from a run; classify"):
+        api.train(cfg, continue_from=str(parent), quiet=True)

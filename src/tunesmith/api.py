@@ -47,6 +47,11 @@ def train(
     else:
         cfg = _as_config(config, overrides)
         if continue_from is not None:
+            if "continual.parent" not in methods.get(cfg.method).options:
+                continuing = [m.name for m in methods.registry().values() if "continual.parent" in m.options]
+                raise TunesmithError(
+                    f"--continue-from: method {cfg.method} does not continue from a run; {', '.join(continuing)} do"
+                )
             cfg.continual.parent = str(continue_from)
         if cfg.continual.parent is not None:  # the exact folder, checked before a run folder exists
             cfg.continual.parent = str(resolve_parent(cfg))

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from tunesmith.config import ContinualConfig, RunConfig
-from tunesmith.data.prepared import Split, read_split
+from tunesmith.data.prepared import Split
 from tunesmith.errors import TunesmithError
 from tunesmith.models.saved import read_meta
 
@@ -66,38 +66,49 @@ def parent_of(cfg: RunConfig) -> Parent | None:
 # ---- replay ---------------------------------------------------------------------------------------------------
 
 
-def write_replay(run_dir: Path, train: Split, parent: Parent | None, cfg: ContinualConfig, seed: int) -> None:
-    """replay.parquet: up to cfg.buffer training rows, shared out equally among this run's task and every earlier
-    one (the parent's own replay rows), each a seeded sample."""
-    tasks: dict[str, Split] = {}
+def write_replay(run_dir: Path, train: list[dict], parent: Parent | None, cfg: ContinualConfig, seed: int) -> None:
+    """replay.parquet: up to cfg.buffer training rows (as the data stage prepared them), shared out equally among
+    this run's task and every earlier one (the parent's own replay rows), each a seeded sample."""
+    tasks: dict[str, list[dict]] = {}
     if parent is not None and (parent.dir / REPLAY).is_file():
-        earlier = pq.read_table(parent.dir / REPLAY).to_pylist()
-        for row in earlier:
-            task = tasks.setdefault(row["task"], Split())
-            task.texts.append(row["text"])
-            task.labels.append(row["label"])
+        for task, row in _replay_rows(parent.dir / REPLAY):
+            tasks.setdefault(task, []).append(row)
     tasks[run_dir.name] = train
     share = max(cfg.buffer // len(tasks), 1)
     rng = np.random.default_rng(seed)
-    rows = {"task": [], "text": [], "label": []}
-    for name, split in tasks.items():
-        for i in np.sort(rng.permutation(len(split))[:share]):
-            rows["task"].append(name)
-            rows["text"].append(split.texts[i])
-            rows["label"].append(split.labels[i])
+    kept = {"task": [], "row": []}
+    for name, rows in tasks.items():
+        for i in np.sort(rng.permutation(len(rows))[:share]):
+            kept["task"].append(name)
+            kept["row"].append(json.dumps(rows[i], ensure_ascii=False))
     tmp = run_dir / f".{REPLAY}.tmp"
-    pq.write_table(pa.table(rows), tmp)
+    pq.write_table(pa.table(kept), tmp)
     tmp.replace(run_dir / REPLAY)
 
 
-def replayed(parent: Parent, n_new: int, ratio: float, seed: int) -> Split:
+def _replay_rows(path: Path) -> list[tuple[str, dict]]:
+    table = pq.read_table(path).to_pylist()
+    if table and "row" not in table[0]:  # replay files of classifiers written before rows were kept whole
+        return [(r["task"], {"text": r["text"], "label": r["label"]}) for r in table]
+    return [(r["task"], json.loads(r["row"])) for r in table]
+
+
+def replayed(parent: Parent, n_new: int, ratio: float, seed: int, shape: str) -> list[dict]:
     """round(ratio * n_new) rows of the parent's replay sample (all of them if it holds fewer), seeded."""
+    from tunesmith.data.prepared import data_shape
+
     path = parent.dir / REPLAY
     if not path.is_file():
         raise TunesmithError(f"continual.strategy replay: the parent run {parent.dir} kept no replay rows ({REPLAY})")
-    rows = read_split(path)
+    earlier = data_shape(parent.dir / "data")
+    if earlier != shape:
+        raise TunesmithError(
+            f"continual.strategy replay: the parent run {parent.dir} trained on {earlier} rows and this run's data "
+            f"is {shape}; replay mixes rows of one shape: use strategy l2 or ewc, or data of the parent's shape"
+        )
+    rows = [row for _, row in _replay_rows(path)]
     take = np.sort(np.random.default_rng(seed).permutation(len(rows))[: round(ratio * n_new)])
-    return Split([rows.texts[i] for i in take], [rows.labels[i] for i in take])
+    return [rows[i] for i in take]
 
 
 # ---- a pull towards the parent's weights -------------------------------------------------------------------------
@@ -165,37 +176,42 @@ def regularised(loss, anchor: Anchor | None):
 # ---- the measures -----------------------------------------------------------------------------------------------
 
 
-def transfer(parent: Parent | None, run_dir: Path, now: list[float], before: float, baseline: float | None) -> dict:
-    """The accuracy matrix with this run's row (accuracy on every task so far, this one last), the accuracy on
-    this task before training on it, and from those: average accuracy, backward transfer (mean change on earlier
-    tasks since each was learnt: negative is forgetting) and forward transfer (accuracy on a task before training
-    on it, above the untuned baseline's)."""
-    earlier = (parent.report.get("continual") or _first(parent)) if parent else None
+def transfer(
+    parent: Parent | None, run_dir: Path, now: list[float], before: float, baseline: float | None, metric: str
+) -> dict:
+    """The score matrix with this run's row (the score on every task so far, this one last; accuracy for a
+    classifier, test loss for a causal LM), the score on this task before training on it, and from those: the
+    average, backward transfer (mean change on earlier tasks since each was learnt, signed so that negative is
+    forgetting: a rise in loss counts against) and forward transfer (the score on a task before training on it,
+    better than the untuned baseline's by this much)."""
+    sign = -1.0 if metric == "loss" else 1.0
+    earlier = (parent.report.get("continual") or _first(parent, metric)) if parent else None
     tasks = [*(earlier["tasks"] if earlier else []), {"run": str(run_dir), "name": run_dir.name}]
     matrix = [*(earlier["matrix"] if earlier else []), [round(a, 4) for a in now]]
     before_rows = [*(earlier["before"] if earlier else []), None if parent is None else round(before, 4)]
     baselines = [*(earlier["baselines"] if earlier else []), baseline]
     learnt = [matrix[j][j] for j in range(len(tasks) - 1)]
-    fwt = [b - base for b, base in zip(before_rows, baselines) if b is not None and base is not None]
+    fwt = [sign * (b - base) for b, base in zip(before_rows, baselines) if b is not None and base is not None]
     return {
+        "metric": metric,
         "tasks": tasks,
         "matrix": matrix,
         "before": before_rows,
         "baselines": baselines,
-        "avg_acc": float(np.mean(now)),
-        "bwt": float(np.mean([now[j] - learnt[j] for j in range(len(learnt))])) if learnt else None,
+        "avg_acc" if metric == "accuracy" else f"avg_{metric}": float(np.mean(now)),
+        "bwt": float(np.mean([sign * (now[j] - learnt[j]) for j in range(len(learnt))])) if learnt else None,
         "fwt": float(np.mean(fwt)) if fwt else None,
     }
 
 
-def _first(parent: Parent) -> dict:
-    """A parent that continued from nothing is the first task: its own test accuracy is its row."""
+def _first(parent: Parent, metric: str) -> dict:
+    """A parent that continued from nothing is the first task: its own test score is its row."""
     tuned, base = parent.report.get("tuned", {}), parent.report.get("baseline", {})
     return {
         "tasks": [{"run": str(parent.dir), "name": parent.dir.name}],
-        "matrix": [[round(tuned["accuracy"], 4)]] if "accuracy" in tuned else [[None]],
+        "matrix": [[round(tuned[metric], 4)]] if metric in tuned else [[None]],
         "before": [None],
-        "baselines": [base.get("accuracy")],
+        "baselines": [base.get(metric)],
     }
 
 
@@ -229,40 +245,46 @@ def start_classifier(parent: Parent, labels: list[str], cfg: RunConfig) -> torch
         )
 
 
-def anchor_for(model, parent: Parent, labels: list[str], task_loss, tokenizer, cfg: RunConfig) -> Anchor | None:
-    """The L2 or EWC pull (None for naive and replay). A head grown by new labels is left free."""
-    from tunesmith.data.prepared import read_prepared
-    from tunesmith.infer.classifier import Encoded
-    from tunesmith.models.build import HEAD_NAMES
-
+def anchor_for(model, cfg: RunConfig, task_loss, parent_batches, free: frozenset[str] = frozenset()) -> Anchor | None:
+    """The L2 or EWC pull (None for naive and replay); EWC's Fisher information is estimated on the batches that
+    parent_batches(n) makes of n of the parent's training rows. The `free` weights are not pulled."""
     c = cfg.continual
     if c.strategy not in ("l2", "ewc"):
         return None
-    grown = len(labels) != len(parent.meta["labels"])
-    free = frozenset(n for n, _ in model.named_parameters() if grown and any(h in n for h in HEAD_NAMES))
-    fisher = None
-    if c.strategy == "ewc":
-        rows = read_prepared(parent.dir / "data").splits["train"]
-        pick = np.sort(np.random.default_rng(cfg.train.seed).permutation(len(rows))[: c.fisher_rows])
-        enc = Encoded(tokenizer, Split([rows.texts[i] for i in pick], [rows.labels[i] for i in pick]), labels,
-                      cfg.train.max_length)  # fmt: skip
-        batches = [enc.collate(np.arange(at, min(at + 8, len(enc)))) for at in range(0, len(enc), 8)]
-        fisher = fisher_information(model, task_loss, batches)
+    fisher = fisher_information(model, task_loss, parent_batches(c.fisher_rows)) if c.strategy == "ewc" else None
     return Anchor(model, c.weight, fisher, free)
+
+
+def parent_rows(parent: Parent, n: int, seed: int) -> list[dict]:
+    """A seeded sample of n of the parent's training rows, as prepared."""
+    from tunesmith.data.prepared import read_rows
+
+    rows = read_rows(parent.dir / "data")["train"]
+    return [rows[i] for i in np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])]
+
+
+def earlier_tests(parent: Parent) -> list[tuple[Path, list[dict]]]:
+    """The test rows of every earlier task of the chain, oldest first (each run folder with its rows)."""
+    from tunesmith.data.prepared import read_rows
+
+    metric = "accuracy" if parent.meta["kind"] == "classifier" else "loss"
+    out = []
+    for task in (parent.report.get("continual") or _first(parent, metric))["tasks"]:
+        test = read_rows(Path(task["run"]) / "data").get("test")
+        if not test:
+            raise TunesmithError(f"{task['run']}: an earlier task of this chain has no test split to score on")
+        out.append((Path(task["run"]), test))
+    return out
 
 
 def accuracy_on_tasks(model, tokenizer, labels: list[str], parent: Parent, max_length: int) -> list[float]:
     """Accuracy on the test split of every earlier task, oldest first."""
-    from tunesmith.data.prepared import read_prepared
     from tunesmith.infer.classifier import Encoded
 
-    earlier = (parent.report.get("continual") or _first(parent))["tasks"]
     out = []
-    for task in earlier:
-        test = read_prepared(Path(task["run"]) / "data").splits.get("test")
-        if test is None or not len(test):
-            raise TunesmithError(f"{task['run']}: an earlier task of this chain has no test split to score on")
-        out.append(accuracy(model, Encoded(tokenizer, test, labels, max_length)))
+    for _, rows in earlier_tests(parent):
+        split = Split([r["text"] for r in rows], [r["label"] for r in rows])
+        out.append(accuracy(model, Encoded(tokenizer, split, labels, max_length)))
     return out
 
 

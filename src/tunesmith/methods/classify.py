@@ -81,8 +81,10 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     labels = continual.grown_labels(parent, prep.labels)
     splits = dict(prep.splits)
     if parent is not None and cfg.continual.strategy == "replay":
-        again = continual.replayed(parent, len(splits["train"]), cfg.continual.replay_ratio, cfg.train.seed)
-        splits["train"] = Split(splits["train"].texts + again.texts, splits["train"].labels + again.labels)
+        c = cfg.continual
+        again = continual.replayed(parent, len(splits["train"]), c.replay_ratio, cfg.train.seed, "classify")
+        train = splits["train"]
+        splits["train"] = Split(train.texts + [r["text"] for r in again], train.labels + [r["label"] for r in again])
     enc = {name: Encoded(tokenizer, split, labels, cfg.train.max_length) for name, split in splits.items()}
     torch.manual_seed(cfg.train.seed)
     if parent is None:
@@ -94,11 +96,13 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     has_test = "test" in enc and len(enc["test"])
     if parent is not None:
         before = continual.accuracy(model.eval(), enc["test"]) if has_test else None
-        anchor = continual.anchor_for(model, parent, labels, task.loss, tokenizer, cfg)
+        anchor = continual.anchor_for(model, cfg, task.loss, parent_batches(parent, tokenizer, labels, cfg),
+                                      free=grown_head(model, parent, labels))  # fmt: skip
         task = dataclasses.replace(task, loss=continual.regularised(task.loss, anchor))
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
     model.eval()
-    continual.write_replay(run_dir, prep.splits["train"], parent, cfg.continual, cfg.train.seed)
+    rows = [{"text": t, "label": y} for t, y in zip(prep.splits["train"].texts, prep.splits["train"].labels)]
+    continual.write_replay(run_dir, rows, parent, cfg.continual, cfg.train.seed)
 
     calibration = {"temperature": 1.0, "chosen": "none", "why": "eval.calibrate is off, or no validation rows"}
     if cfg.eval.calibrate and "val" in enc and len(enc["val"]):
@@ -131,10 +135,29 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         now.append(report["tuned"]["accuracy"] if has_test else float("nan"))
         baseline = report.get("baseline", {}).get("accuracy")
         report["continual"] = {"parent": str(parent.dir), "strategy": cfg.continual.strategy} | continual.transfer(
-            parent, run_dir, now, before, baseline
+            parent, run_dir, now, before, baseline, "accuracy"
         )
         report["continual"]["replayed_rows"] = len(enc["train"]) - len(prep.splits["train"])
     return report
+
+
+def grown_head(model, parent: continual.Parent, labels: list[str]) -> frozenset[str]:
+    """A head grown by new labels has no parent value to be pulled towards: it is left free."""
+    if len(labels) == len(parent.meta["labels"]):
+        return frozenset()
+    return frozenset(n for n, _ in model.named_parameters() if any(h in n for h in HEAD_NAMES))
+
+
+def parent_batches(parent: continual.Parent, tokenizer, labels: list[str], cfg: RunConfig):
+    """Batches of 8 of n of the parent's training rows: what EWC estimates the Fisher information on."""
+
+    def make(n: int) -> list:
+        rows = continual.parent_rows(parent, n, cfg.train.seed)
+        split = Split([r["text"] for r in rows], [r["label"] for r in rows])
+        enc = Encoded(tokenizer, split, labels, cfg.train.max_length)
+        return [enc.collate(np.arange(at, min(at + 8, len(enc)))) for at in range(0, len(enc), 8)]
+
+    return make
 
 
 def score_test(

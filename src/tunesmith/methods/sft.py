@@ -5,11 +5,13 @@ domain adaptation. One recipe serves both; the loop lives in train/loop.py, the 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tunesmith import continual
 from tunesmith.config import RunConfig
 from tunesmith.data.prepared import data_shape, read_rows
 from tunesmith.errors import TunesmithError
@@ -88,28 +90,27 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     shape = data_shape(run_dir / "data")
     rows = read_rows(run_dir / "data")
-    tokens = {
-        name: Tokens(
-            tokenizer,
-            split,
-            cfg.train.max_length,
-            shape,
-            split=name,
-            on_error=cfg.data.on_error,
-            loss_on=cfg.train.loss_on,
-        )
-        for name, split in rows.items()
-    }
+    parent = continual.parent_of(cfg)  # --continue-from: start from that run's model, keep what it learnt
+    own_rows = rows["train"]
+    if parent is not None and cfg.continual.strategy == "replay":
+        c = cfg.continual
+        rows["train"] = own_rows + continual.replayed(parent, len(own_rows), c.replay_ratio, cfg.train.seed, shape)
+    tokens = {name: tokens_of(tokenizer, split, shape, cfg, name) for name, split in rows.items()}
     if not len(tokens["train"]):
         raise TunesmithError(f"no training example has a target token within train.max_length={cfg.train.max_length}")
     torch.manual_seed(cfg.train.seed)
-    model = build_causal_lm(model_dir, dropout=cfg.train.dropout, lora=cfg.lora)
+    start = parent.dir / "model" if parent is not None else model_dir
+    model = build_causal_lm(start, dropout=cfg.train.dropout, lora=cfg.lora)
     freeze_embeddings(model, cfg.train, cfg.lora)
     scores = Scores(cfg, tokenizer, tokens, rows.get("test") if shape != "text" else None)
-    base = scores(model) if cfg.eval.baseline else None
+    base = scores(model) if cfg.eval.baseline or parent is not None else None
     task = make_task(model, tokens["train"], tokens.get("val"), cfg)
+    if parent is not None:
+        anchor = continual.anchor_for(model, cfg, token_loss, parent_batches(parent, tokenizer, cfg))
+        task = dataclasses.replace(task, loss=continual.regularised(task.loss, anchor))
     result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
     model = save_merged(model, tokenizer, cfg, model_dir, run_dir / "model")
+    continual.write_replay(run_dir, own_rows, parent, cfg.continual, cfg.train.seed)
     report = {"data": {name: tok.report() for name, tok in tokens.items()}, "train": result.summary()}
     tuned = scores(model)
     if tuned:
@@ -117,7 +118,36 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         if base:
             report["baseline"] = base
         report |= scores.forgetting.report(base, tuned)
+    if parent is not None and "loss" in tuned:
+        now = [
+            loss_on(model, tokenizer, rows, data_shape(d / "data"), cfg) for d, rows in continual.earlier_tests(parent)
+        ]
+        report["continual"] = {"parent": str(parent.dir), "strategy": cfg.continual.strategy} | continual.transfer(
+            parent, run_dir, [*now, tuned["loss"]], base.get("loss"), None, "loss"
+        )
+        report["continual"]["replayed_rows"] = len(rows["train"]) - len(own_rows)
     return report
+
+
+def tokens_of(tokenizer, rows: list[dict], shape: str, cfg: RunConfig, split: str) -> Tokens:
+    t = cfg.train
+    return Tokens(tokenizer, rows, t.max_length, shape, split=split, on_error=cfg.data.on_error, loss_on=t.loss_on)
+
+
+def loss_on(model, tokenizer, rows: list[dict], shape: str, cfg: RunConfig) -> float:
+    """The mean loss per target token on an earlier task's test rows."""
+    return mean_loss(model.eval(), tokens_of(tokenizer, rows, shape, cfg, "test"), cfg.train.batch_size)
+
+
+def parent_batches(parent: continual.Parent, tokenizer, cfg: RunConfig):
+    """Batches of 4 of n of the parent's training rows: what EWC estimates the Fisher information on."""
+
+    def make(n: int) -> list:
+        shape = data_shape(parent.dir / "data")
+        tokens = tokens_of(tokenizer, continual.parent_rows(parent, n, cfg.train.seed), shape, cfg, "train")
+        return [tokens.collate(np.arange(at, min(at + 4, len(tokens)))) for at in range(0, len(tokens), 4)]
+
+    return make
 
 
 LM_SCORES = (
@@ -134,7 +164,7 @@ PANELS = (
     ("perplexity (lower is better)", ("perplexity", "general_perplexity")),
     ("generation scores, 0-100 (higher is better)", ("rouge1", "rouge2", "rougeL", "bleu", "exact_match")),
 )
-FORGETTING = forgetting.OPTIONS | {"train.packing"}
+FORGETTING = forgetting.OPTIONS | {"train.packing"} | continual.OPTIONS
 METHODS = (
     Method(
         name="sft",

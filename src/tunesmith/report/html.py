@@ -53,7 +53,9 @@ def write_report(run_dir: Path) -> Path:
         figures |= {name: FIGURES[name](ev, method) for name in method.figures}
     if ev.get("continual"):
         c = ev["continual"]
-        figures["continual"] = plots.accuracy_matrix(c["matrix"], [t["name"] for t in c["tasks"]])
+        figures["continual"] = plots.task_matrix(
+            c["matrix"], [t["name"] for t in c["tasks"]], c.get("metric", "accuracy")
+        )
     env = Environment(loader=PackageLoader("tunesmith", "report"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
         run=run_dir.name, config=config, ev=ev, data=data, figures=figures, scores=method.scores

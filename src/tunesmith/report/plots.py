@@ -65,25 +65,26 @@ def confusion(matrix: list[list[int]], labels: list[str]) -> str:
     return _png(fig)
 
 
-def accuracy_matrix(matrix: list[list[float | None]], tasks: list[str]) -> str:
-    """Continual learning: accuracy on task j (column) after training on task i (row); below the diagonal is what
-    was kept of the earlier tasks."""
+def task_matrix(matrix: list[list[float | None]], tasks: list[str], metric: str) -> str:
+    """Continual learning: the score (accuracy, or a causal LM's test loss) on task j (column) after training on
+    task i (row); below the diagonal is what was kept of the earlier tasks."""
     n = len(tasks)
     grid = np.full((n, n), np.nan)
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             grid[i, j] = np.nan if v is None else v
     fig, ax = plt.subplots(figsize=(2.8 + 0.9 * n, 2.2 + 0.8 * n))
-    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1)
+    loss = metric == "loss"  # lower is better: the colours run the other way
+    im = ax.imshow(grid, cmap="viridis_r" if loss else "viridis", vmin=None if loss else 0, vmax=None if loss else 1)
     short = [t if len(t) <= 18 else t[:17] + "…" for t in tasks]
     ax.set_xticks(range(n), short, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(n), [f"after {t}" for t in short], fontsize=8)
-    ax.set_xlabel("accuracy on the test rows of")
+    ax.set_xlabel(f"{metric} on the test rows of")
     for i in range(n):
         for j in range(n):
             if not np.isnan(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=9,
-                        color="black" if grid[i, j] > 0.6 else "white")  # fmt: skip
+                        color="black" if im.norm(grid[i, j]) > 0.6 else "white")  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _png(fig)
 

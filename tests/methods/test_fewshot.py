@@ -62,3 +62,13 @@ def test_fewshot_tunes_the_encoder_and_saves_a_classifier_predict_loads(tiny_mod
 def test_a_class_with_one_row_is_an_error_before_training(tiny_model, fixtures, tmp_path):
     with pytest.raises(TunesmithError, match="fewer than 2 training rows"):
         api.train(fewshot_config(tiny_model, fixtures, tmp_path, per_class=1), quiet=True)
+
+
+def test_an_end_to_end_head_trains_on_from_the_regression(tiny_model, fixtures, tmp_path):
+    cfg = fewshot_config(tiny_model, fixtures, tmp_path)
+    cfg["fewshot"] |= {"head": "end_to_end", "head_epochs": 2}
+    run = api.train(cfg, quiet=True)
+    logged = [json.loads(line) for line in (run / "end_to_end" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in logged)  # the second loop ran, in its own folder
+    ev = json.loads((run / "eval.json").read_text())
+    assert 0 <= ev["tuned"]["accuracy"] <= 1 and api.predict(run, ["a fine film ."])[0]["label"] in ("0", "1")

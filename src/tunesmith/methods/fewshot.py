@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,12 +27,13 @@ from tunesmith.data.prepared import read_prepared
 from tunesmith.errors import TunesmithError
 from tunesmith.eval.calibration import choose_temperature
 from tunesmith.infer.classifier import Encoded, predict_logits
-from tunesmith.methods import Method
+from tunesmith.methods import Method, classify
 from tunesmith.methods.classify import evaluate, logit_metrics, score_test
 from tunesmith.models import zoo
 from tunesmith.models.build import freeze_embeddings
 from tunesmith.models.pooled import PooledClassifier
 from tunesmith.models.saved import CLASSIFIER, save_model
+from tunesmith.train.checkpoint import list_checkpoints
 from tunesmith.train.loop import Batch, Task, fit
 
 
@@ -39,6 +41,10 @@ class FewshotConfig(Strict):
     # contrastive pairs per training row and epoch (SetFit's num_iterations of 20 gives 40)
     pairs: int = Field(40, gt=0)
     c: float = Field(1.0, gt=0)  # the inverse regularisation strength of the logistic-regression head
+    # logistic: the regression is the head; end_to_end: it starts a linear head, then head and encoder train
+    # together on cross-entropy for head_epochs (the head at train.head_lr, when set)
+    head: Literal["logistic", "end_to_end"] = "logistic"
+    head_epochs: float = Field(2.0, gt=0)
 
 
 def rows_by_class(labels: np.ndarray, names: list[str]) -> list[np.ndarray]:
@@ -113,12 +119,12 @@ def fit_head(model: PooledClassifier, train: Encoded, c: float) -> None:
     coef, bias = head.coef_, head.intercept_
     if len(head.classes_) == 2:  # one weight vector: p(second) = sigmoid(w.x + b)
         coef, bias = np.stack([np.zeros_like(coef[0]), coef[0]]), np.array([0.0, bias[0]])
-    weight = torch.zeros_like(model.head.weight)
-    full = torch.full_like(model.head.bias, -1e4)  # a label with no training rows is never predicted
+    weight = torch.zeros_like(model.classifier.weight)
+    full = torch.full_like(model.classifier.bias, -1e4)  # a label with no training rows is never predicted
     weight[head.classes_] = torch.as_tensor(coef, dtype=weight.dtype)
     full[head.classes_] = torch.as_tensor(bias, dtype=full.dtype)
-    model.head.weight.copy_(weight)
-    model.head.bias.copy_(full)
+    model.classifier.weight.copy_(weight)
+    model.classifier.bias.copy_(full)
 
 
 @torch.no_grad()
@@ -154,6 +160,12 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     model.eval()
     start = time.perf_counter()
     fit_head(model, enc["train"], cfg.section().c)
+    if cfg.section().head == "end_to_end":  # its own loop run in its own folder, so that resume finds each
+        head_run = run_dir / "end_to_end"
+        head_train = cfg.train.model_copy(update={"epochs": cfg.section().head_epochs, "max_steps": None})
+        task = classify.make_task(model, enc["train"], enc.get("val"), cfg)
+        fit(task, head_train, head_run, resume=bool(list_checkpoints(head_run / "checkpoints")), quiet=quiet)
+        model.eval()
     head_seconds = time.perf_counter() - start
 
     has_val = "val" in enc and len(enc["val"])
@@ -196,7 +208,7 @@ METHODS = (
         val_metrics=("loss",),
         headline=("accuracy", "macro_f1"),
         section=FewshotConfig,
-        options=frozenset({"eval.calibrate", "eval.bins"}),
+        options=frozenset({"train.head_lr", "eval.calibrate", "eval.bins"}),
         figures=("confusion", "reliability"),
         evaluate=evaluate,
     ),

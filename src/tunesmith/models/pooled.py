@@ -29,7 +29,7 @@ class PooledClassifier(torch.nn.Module):
     def __init__(self, encoder: torch.nn.Module, num_labels: int, pooling: str = "mean", normalise: bool = True):
         super().__init__()
         self.encoder, self.pooling, self.normalise = encoder, pooling, normalise
-        self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+        self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)  # named as transformers' heads are
         self.config = encoder.config
         self.config.num_labels = num_labels
 
@@ -55,11 +55,11 @@ class PooledClassifier(torch.nn.Module):
         return F.normalize(pooled, dim=-1) if self.normalise else pooled
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.head(self.embed(input_ids, attention_mask)))
+        return SimpleNamespace(logits=self.classifier(self.embed(input_ids, attention_mask)))
 
     def save_pretrained(self, out: Path) -> None:
         self.encoder.save_pretrained(out)
-        head = {"weight": self.head.weight, "bias": self.head.bias}
+        head = {"weight": self.classifier.weight, "bias": self.classifier.bias}
         torch.save({"head": head, "pooling": self.pooling, "normalise": self.normalise}, Path(out) / HEAD_FILE)
 
     @classmethod
@@ -69,5 +69,5 @@ class PooledClassifier(torch.nn.Module):
         saved = torch.load(Path(model_dir) / HEAD_FILE, weights_only=True)
         encoder = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
         model = cls(encoder, saved["head"]["weight"].shape[0], saved["pooling"], saved["normalise"])
-        model.head.load_state_dict(saved["head"])
+        model.classifier.load_state_dict(saved["head"])
         return model

@@ -14,7 +14,6 @@ from tunesmith import methods, preflight, stages
 from tunesmith.config import REPETITION_PENALTY, RunConfig, config_from_dict, dump_config, load_config
 from tunesmith.continual import resolve_parent
 from tunesmith.data.prepare import prepare
-from tunesmith.data.prepared import read_prepared
 from tunesmith.errors import ReportNotWritten, TunesmithError
 from tunesmith.files import write_json
 from tunesmith.infer.classifier import Classifier
@@ -110,7 +109,8 @@ def _fit_run(cfg: RunConfig, run_dir: Path, after: Path | None, quiet: bool) -> 
     """The method's run on prepared data, from the weights of the stage `after` (when there is one), resumed
     where a checkpoint was left; returns the content of eval.json."""
     if after is not None:
-        labels = read_prepared(run_dir / "data").labels or None
+        report = json.loads((run_dir / "data" / "data_report.json").read_text())
+        labels = report.get("label_names") or None  # a classifier's labels; none for text, chat, ...
         cfg.model = str(stages.start_folder(after, run_dir / "start", labels, cfg.keep_head, cfg.method))
     resume = bool(list_checkpoints(run_dir / "checkpoints"))
     return {"method": cfg.method} | methods.get(cfg.method).run(cfg, run_dir, resume=resume, quiet=quiet)

@@ -152,7 +152,8 @@ def print_eval(run_dir: Path) -> None:
     if "tuned" in ev:
         out.print(score_table(ev, f"test set: {ev['test_rows']} rows", ("untuned baseline", "fine-tuned")))
     t = ev["train"]
-    out.print(f"trained {t['steps']} steps in {t['seconds']} s ({t['examples_per_s']} examples/s, {t['precision']})")
+    rate = f"{t['examples_per_s']} examples/s" + (f", {t['tokens_per_s']} tokens/s" if "tokens_per_s" in t else "")
+    out.print(f"trained {t['steps']} steps in {t['seconds']} s ({rate}, {t['precision']})")
     out.print(f"run:    {run_dir}")
     if (run_dir / "report.html").is_file():
         out.print(f"report: {run_dir / 'report.html'}")

@@ -11,6 +11,11 @@ def test_sft_run_beats_the_base_model_and_saves_a_plain_transformers_model(tiny_
     ev = json.loads((run / "eval.json").read_text())
     assert ev["tuned"]["perplexity"] < ev["baseline"]["perplexity"]
     assert ev["data"]["train"]["examples"] > 0 and "replies_cut" in ev["data"]["train"]
+    steps = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    steps = [r for r in steps if "split" not in r]
+    assert all(a["tokens"] < b["tokens"] and a["target_tokens"] < b["target_tokens"] for a, b in zip(steps, steps[1:]))
+    assert steps[-1]["target_tokens"] < steps[-1]["tokens"]  # replies only: the prompts are computed, not scored
+    assert ev["train"]["tokens_per_s"] == pytest.approx(steps[-1]["tokens"] / ev["train"]["seconds"], rel=0.05)
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(run / "model") is not None

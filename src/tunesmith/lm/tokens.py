@@ -113,7 +113,8 @@ class Tokens:
     def collate(self, idx) -> Batch:
         batch = target_rows([(self.ids[i], self.targets[i]) for i in idx], self.pad_id)
         n_targets = int((batch["labels"][:, 1:] != IGNORE).sum())
-        return batch | {"n": n_targets, "examples": len(idx)}
+        tokens = int(self.lengths[idx].sum())
+        return batch | {"n": n_targets, "examples": len(idx), "tokens": tokens, "target_tokens": n_targets}
 
     def report(self) -> dict:
         return {
@@ -171,6 +172,8 @@ class Packed:
             "labels": labels,
             "n": n_targets,
             "examples": examples,
+            "tokens": int(self.lengths[idx].sum()),
+            "target_tokens": n_targets,
         }
 
 

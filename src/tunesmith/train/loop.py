@@ -43,7 +43,8 @@ class Task:
     under torch.no_grad. A batch may be produced during training: collate may sample from the model being
     trained (it is the same object as `model`), and resume still holds, since the plan, the weights and the
     RNG state are all restored.
-    A batch carries "n", the loss denominator (examples or tokens), and "examples".
+    A batch carries "n", the loss denominator (examples or tokens), and "examples"; a causal LM's batch also
+    "tokens" (input tokens computed, padding not counted) and "target_tokens" (those with a loss), for tokens/s.
     loss(model, batch) returns the loss *summed* over the batch, or (loss, metrics) with metrics summed over
     the batch the same way; the loop divides both by the accumulated n and logs the metrics beside the loss.
     setup(device), if given, runs once with the model on its device, before the optimiser and before a
@@ -155,6 +156,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.examples += sum(int(b["examples"]) for b in group)
+                state.tokens += sum(int(b.get("tokens", 0)) for b in group)
+                state.target_tokens += sum(int(b.get("target_tokens", 0)) for b in group)
                 state.step += 1
                 state.batch += len(group)
                 if state.batch >= len(batches):
@@ -167,7 +170,11 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 progress.update(step, running / running_n, speed, means)
                 if step % cfg.log_every == 0 or step == total:
                     row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": running / running_n}
-                    log.write(row | means | {"lr": lr, "grad_norm": grad_norm, "examples_per_s": speed})
+                    row |= means | {"lr": lr, "grad_norm": grad_norm, "examples_per_s": speed}
+                    if state.tokens:  # cumulative, so that any window of steps gives its own rate
+                        row |= {"tokens": state.tokens, "target_tokens": state.target_tokens}
+                        row["train_s"] = state.train_seconds
+                    log.write(row)
                     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
                 if task.evaluate and (step % eval_every == 0 or step == total):
                     _evaluate(task, model, state, cfg, log, progress, ckpt_dir)
@@ -186,6 +193,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         steps=state.step,
         epochs_done=state.step / steps_per_epoch,
         examples=state.examples,
+        tokens=state.tokens,
+        target_tokens=state.target_tokens,
         train_seconds=state.train_seconds,
         precision=precision,
         precision_reason=reason,

@@ -11,6 +11,8 @@ class LoopState:
     epoch: int = 0
     batch: int = 0  # micro-batches of this epoch's plan done
     examples: int = 0
+    tokens: int = 0  # input tokens computed (batches that count them: causal LMs)
+    target_tokens: int = 0  # of those, the tokens that carry a loss
     train_seconds: float = 0.0
     precision: str = "fp32"
     best: float | None = None  # best value of the early-stopping metric
@@ -32,6 +34,8 @@ class FitResult:
     precision: str
     precision_reason: str
     device: str
+    tokens: int = 0
+    target_tokens: int = 0
     best: dict | None = None  # validation metrics of the restored best evaluation
     last_eval: dict | None = None
     stopped_early: bool = False
@@ -39,6 +43,10 @@ class FitResult:
     @property
     def examples_per_s(self) -> float:
         return self.examples / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
 
     def summary(self) -> dict:
         """eval.json's "train" section."""
@@ -48,6 +56,7 @@ class FitResult:
             "examples": self.examples,
             "seconds": round(self.train_seconds, 2),
             "examples_per_s": round(self.examples_per_s, 2),
+            **({"tokens_per_s": round(self.tokens_per_s, 2)} if self.tokens else {}),
             "precision": self.precision,
             "precision_reason": self.precision_reason,
             "device": self.device,

@@ -9,6 +9,7 @@ import torch
 
 from tunesmith.config import LoraConfig, TrainConfig
 from tunesmith.models import zoo
+from tunesmith.models.dropout import cheaper_dropout
 
 HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler")  # parameter-name parts of a fresh head
 
@@ -82,7 +83,9 @@ def build_causal_lm(
     if dropout is not None:
         set_dropout(config, dropout)
     model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
-    return add_lora(model, lora, "CAUSAL_LM") if lora else model
+    model = add_lora(model, lora, "CAUSAL_LM") if lora else model
+    cheaper_dropout(model)  # LoRA's dropout: 146 -> 209 tokens/s on a smollm2-135m step (models/dropout.py)
+    return model
 
 
 def freeze_embeddings(model: torch.nn.Module, train: TrainConfig, lora: LoraConfig | None) -> None:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from tunesmith.lm.tokens import IGNORE, Batch, Tokens
 
@@ -19,32 +20,62 @@ def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, t
     # Packed rows carry position_ids that restart per example and a block-diagonal causal mask (4D), so no token
     # attends across an example boundary. (transformers' own detection of packing from position_ids alone did not
     # take effect here: measured, the loss then matched the unmasked one.)
-    inputs = {
-        "input_ids": batch["input_ids"],
-        "attention_mask": batch.get("attention_mask"),
-        "position_ids": batch.get("position_ids"),
-    }
+    inputs = _inputs(batch)
     softcapped = getattr(model.config, "final_logit_softcapping", None)  # logits post-processed: the full path
     if "pred" in batch:
         if softcapped:
             return model(**inputs).logits.flatten(0, 1)[batch["pred"]], batch["targets"], batch["seq"]
         hidden = model.get_decoder()(**inputs).last_hidden_state.flatten(0, 1)
         return model.get_output_embeddings()(hidden[batch["pred"]]), batch["targets"], batch["seq"]
+    if softcapped:
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        logits = model(**inputs).logits[:, :-1][keep]
+        return logits, labels[keep], _rows_of(keep)
+    hidden, targets, rows = _target_hidden(model, batch)
+    return model.get_output_embeddings()(hidden), targets, rows
+
+
+def _inputs(batch: Batch) -> dict:
+    return {k: batch.get(k) for k in ("input_ids", "attention_mask", "position_ids")}
+
+
+def _rows_of(keep: torch.Tensor) -> torch.Tensor:
+    return torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]
+
+
+def _target_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, hidden) final hidden states at the target positions of a labelled batch, the targets and their rows."""
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE  # (B, T-1)
-    if softcapped:
-        logits = model(**inputs).logits[:, :-1][keep]
-    else:
-        hidden = model.get_decoder()(**inputs).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, vocab)
-    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[keep]
-    return logits, labels[keep], rows
+    hidden = model.get_decoder()(**_inputs(batch)).last_hidden_state
+    return hidden[:, :-1][keep], labels[keep], _rows_of(keep)
+
+
+CHUNK_ELEMENTS = 16 * 2**20  # logits (targets x vocab) past which the loss runs in chunks: 64 MB of fp32 each
 
 
 def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy summed over target tokens; position t predicts token t+1."""
-    logits, targets, _ = target_logits(model, batch)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+    """Cross-entropy summed over target tokens; position t predicts token t+1. Many targets (raw text, where every
+    token is one) are scored in chunks whose logits are recomputed in the backward, so the full (N, vocab) logits,
+    their log-softmax and gradient (three times 800 MB for 8 x 512 tokens of a 49k vocabulary) are never held."""
+    if "pred" in batch or getattr(model.config, "final_logit_softcapping", None):
+        logits, targets, _ = target_logits(model, batch)
+        return F.cross_entropy(logits.float(), targets, reduction="sum")
+    hidden, targets, _ = _target_hidden(model, batch)
+    head = model.get_output_embeddings()
+    rows = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
+    if len(targets) <= rows:
+        return _chunk_loss(head, hidden, targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for at in range(0, len(targets), rows):
+        part = (head, hidden[at : at + rows], targets[at : at + rows])
+        total = total + checkpoint(_chunk_loss, *part, use_reentrant=False)
+    return total
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: Batch, mean: bool = False) -> torch.Tensor:

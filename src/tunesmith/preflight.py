@@ -8,12 +8,14 @@ from pathlib import Path
 from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method
+from tunesmith.train import footprint
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 def check_model(cfg: RunConfig, model_dir: Path) -> None:
-    """train.max_length within the model's position limit; a tokenizer whose ids all have an embedding."""
+    """train.max_length within the model's position limit; a tokenizer whose ids all have an embedding; the peak
+    memory of the config within the machine's (train/footprint.py)."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -30,6 +32,7 @@ def check_model(cfg: RunConfig, model_dir: Path) -> None:
             f"model {cfg.model}: its tokenizer has {tokens} tokens but the model embeds only {vocab}; "
             "the folder mixes a tokenizer and a model that do not belong together"
         )
+    footprint.check_fits(cfg, model_dir)
 
 
 def check_data(cfg: RunConfig, method: Method, report: dict, data_dir: Path) -> None:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU path in one prepared run of at most 10 minutes (benchmarks/gpu_check.py says what it trains): where no
+# CUDA GPU is visible it exits at once, status 3, having run nothing.
+#   benchmarks/gpu_check.sh [--steps N] [--out FILE]    # writes benchmarks/results/gpu_check.json
+# It uses .venv/bin/python where there is one, else $PYTHON or python3 with its own torch, transformers and peft
+# (a GPU machine's own install): tunesmith then runs from src/ without being installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)' 2>/dev/null
+case $? in
+  0) ;;
+  3) echo "gpu_check: no CUDA GPU is visible to torch on this machine; this check needs one (nothing ran)" >&2; exit 3 ;;
+  *) echo "gpu_check: $PY cannot import torch; set PYTHON to a Python with torch installed (nothing ran)" >&2; exit 3 ;;
+esac
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+exec timeout 590 "$PY" benchmarks/gpu_check.py "$@"

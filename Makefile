@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python benchmarks/preference.py
 	$(BIN)/python benchmarks/fewshot.py
 	$(BIN)/python benchmarks/continual.py
+	$(BIN)/python benchmarks/sft_speed.py
 
 clean:
 	rm -rf $(VENV) runs

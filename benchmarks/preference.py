@@ -28,11 +28,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from jobs import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 ARITH = ROOT / "examples" / "arithmetic"
@@ -224,13 +224,7 @@ JOBS = {"prepare": prepare_job, "tunesmith": tunesmith_job, "trl": trl_job, "sco
 
 def child(job: dict) -> dict:
     """Run one job in a process of its own; its result, its peak RSS and its steps per second."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    proc = subprocess.Popen([sys.executable, __file__, "--child", f.name], cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{job['side']} {job.get('method', '')} job failed (status {status}): see its output above")
-    result = json.loads(Path(f.name + ".out").read_text()) | {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    result = run_job(__file__, job, f"{job['side']} {job.get('method', '')}")
     return result | ({"steps_per_s": result["steps"] / result["train_s"]} if "steps" in result else {})
 
 

@@ -1,0 +1,23 @@
+"""A benchmark's job in a process of its own: its peak RSS (ru_maxrss from os.wait4) is then its own, since a child
+starts with its parent's high-water mark and the parents never import torch. The script runs itself with
+`--child FILE` (the job as JSON) and writes its result to FILE.out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def run_job(script: str | Path, job: dict, what: str) -> dict:
+    """The job's result with its peak_rss_mb; SystemExit naming `what` when the child fails."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    proc = subprocess.Popen([sys.executable, str(script), "--child", f.name], cwd=Path(script).resolve().parents[1])
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{what} job failed (status {status}): see its output above")
+    return json.loads(Path(f.name + ".out").read_text()) | {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}

@@ -1,0 +1,136 @@
+"""What each speed lever of causal-LM SFT gives, one at a time, and how speed and memory scale with sequence length,
+on the work of sft_speed.py: smollm2-135m-instruct, LoRA r16 alpha 32 on all linear layers, DialogSum dialogues.
+
+Each variant runs in a process of its own: 2 warm-up steps, then `--steps` timed ones (forward, backward, clipping,
+AdamW); tokens/s counts non-padding input tokens, peak RSS is the process's high-water mark.
+Levers (LoRA, batches of 8 dialogues grouped by length, max length 512): fp32 or bf16 autocast; the adapters'
+dropout 0.05 with torch's nn.Dropout (peft's default), with tunesmith's cheaper dropout, or no dropout at all; and,
+on the fastest of those, the chunked loss at 4M logits (by default it engages past 16M).
+Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
+2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows); beside each, tunesmith's memory estimate for that config.
+
+    .venv/bin/python benchmarks/sft_levers.py          # about 40 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from jobs import run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = [
+    {"precision": "fp32", "dropout": "torch"},
+    {"precision": "fp32", "dropout": "cheaper"},
+    {"precision": "fp32", "dropout": "none"},
+    {"precision": "bf16", "dropout": "torch"},
+    {"precision": "bf16", "dropout": "cheaper"},
+    {"precision": "bf16", "dropout": "none"},
+]
+
+
+def job(v: dict) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    import tunesmith.models.build as build
+    from tunesmith.config import LoraConfig
+    from tunesmith.lm import logprobs
+    from tunesmith.lm.tokens import Packed, Tokens
+    from tunesmith.models import zoo
+    from tunesmith.train.batches import order_batches
+    from tunesmith.train.optim import build_optimizer
+
+    if v.get("dropout") == "torch":
+        build.cheaper_dropout = lambda model: 0
+    if v.get("chunked"):
+        logprobs.CHUNK_ELEMENTS = 4 * 2**20
+    model_dir = zoo.resolve("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    length, batch_size = v.get("max_length", 512), v.get("batch", 8)
+    rows = [json.loads(ln) for ln in Path(v["data"]).read_text().splitlines()]
+    chats = [{"messages": [{"role": "user", "content": "Summarise this dialogue:\n" + r["dialogue"]},
+                           {"role": "assistant", "content": r["summary"]}]} for r in rows]  # fmt: skip
+    tokens = Tokens(tokenizer, chats, min(length, 512), "chat")
+    data = Packed(tokens, length, 13) if v.get("packed") else tokens
+    lora = None
+    if v.get("mode", "lora") == "lora":
+        lora = LoraConfig(r=16, alpha=32, dropout=0.0 if v.get("dropout") == "none" else 0.05, targets="all-linear")
+    torch.manual_seed(13)
+    model = build.build_causal_lm(model_dir, lora=lora).train()
+    optimizer = build_optimizer(model, lr=2e-4 if lora else 2e-5, weight_decay=0.0)
+    plan = order_batches(data.lengths, batch_size, 13, True)[: v["steps"] + 2]
+    if len(plan) < v["steps"] + 2:
+        raise SystemExit(f"{len(plan)} batches of {batch_size} x {length} tokens; {v['steps'] + 2} needed")
+    done, start = 0, None
+    for step, idx in enumerate(plan):
+        if step == 2:
+            start, done = time.perf_counter(), 0
+        batch = data.collate(idx)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["precision"] == "bf16"):
+            loss = logprobs.token_loss(model, batch) / batch["n"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done += batch["tokens"]
+    return {"tokens_per_s": done / (time.perf_counter() - start), "loss_last": float(loss)}
+
+
+def estimate_mb(v: dict) -> float:
+    """tunesmith's own peak-memory estimate (train/footprint.py) for the variant's config."""
+    from tunesmith.config import config_from_dict
+    from tunesmith.models import zoo
+    from tunesmith.train import footprint
+
+    raw = {"model": "smollm2-135m-instruct", "method": "sft", "data": {"train": v["data"]},
+           "train": {"batch_size": v["batch"], "max_length": v["max_length"], "precision": v["precision"]}}  # fmt: skip
+    if v["mode"] == "lora":
+        raw["lora"] = {"r": 16, "alpha": 32}
+    return footprint.estimate(config_from_dict(raw), zoo.resolve("smollm2-135m-instruct")).total_mb
+
+
+def child(v: dict) -> dict:
+    return run_job(__file__, v, f"variant {v}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sft_levers.json")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds dialogsum/")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        Path(a.child + ".out").write_text(json.dumps(job(json.loads(Path(a.child).read_text()))))
+        return
+    data = a.data / "dialogsum" / "validation.jsonl"
+    if not data.exists():
+        raise SystemExit(f"missing {data}: this benchmark needs ../shared/data/dialogsum (or --data DIR)")
+    results = []
+    for v in VARIANTS:
+        results.append(v | child(v | {"data": str(data), "steps": a.steps}))
+        print(results[-1], flush=True)
+    fastest = max(results, key=lambda r: r["tokens_per_s"])
+    chunked = {k: fastest[k] for k in ("precision", "dropout")} | {"chunked": True}
+    results.append(chunked | child(chunked | {"data": str(data), "steps": a.steps}))
+    print(results[-1], flush=True)
+    scaling = []
+    for mode in ("lora", "full"):
+        for length in (256, 512, 1024, 2048):
+            v = {"mode": mode, "precision": "bf16", "max_length": length, "batch": 4096 // length, "packed": True}
+            got = child(v | {"data": str(data), "steps": a.steps})
+            scaling.append(v | got | {"estimated_peak_mb": round(estimate_mb(v | {"data": str(data)}))})
+            print(scaling[-1], flush=True)
+    out = {"machine": {"cores": os.cpu_count(), "loadavg_at_start": os.getloadavg()}, "steps": a.steps,
+           "levers": results, "scaling": scaling}  # fmt: skip
+    a.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import run_job
+from jobs import answer, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -126,9 +126,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        job = json.loads(Path(a.child).read_text())
-        Path(a.child + ".out").write_text(json.dumps({"train": train_job, "trl": trl_job}[job["side"]](job)))
-        return
+        return answer(a.child, lambda job: {"train": train_job, "trl": trl_job}[job["side"]](job))
     import torch
 
     if not torch.cuda.is_available():

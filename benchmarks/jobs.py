@@ -9,7 +9,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+TRL = "TRL: .venv/bin/pip install -e '.[bench]' (TRL 1.16.0)"
 
 
 def run_job(script: str | Path, job: dict, what: str) -> dict:
@@ -21,3 +24,18 @@ def run_job(script: str | Path, job: dict, what: str) -> dict:
     if status != 0:
         raise SystemExit(f"{what} job failed (status {status}): see its output above")
     return json.loads(Path(f.name + ".out").read_text()) | {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def answer(job_file: str, run: Callable[[dict], dict]) -> None:
+    """The child's side: run the job in job_file and write its result where run_job reads it."""
+    Path(job_file + ".out").write_text(json.dumps(run(json.loads(Path(job_file).read_text()))))
+
+
+def peer_versions(packages: tuple[str, ...], install: str) -> dict[str, str]:
+    """The installed versions of the peer library and what it runs on; SystemExit saying how to install it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {p: version(p) for p in packages}
+    except PackageNotFoundError:
+        raise SystemExit(f"this benchmark needs {install}") from None

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import run_job
+from jobs import TRL, answer, peer_versions, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 ARITH = ROOT / "examples" / "arithmetic"
@@ -222,6 +222,14 @@ def score_job(job: dict) -> dict:
 JOBS = {"prepare": prepare_job, "tunesmith": tunesmith_job, "trl": trl_job, "score": score_job}
 
 
+def run_child_job(job: dict) -> dict:
+    if job.get("model") == "zoo":  # the untuned model, resolved in the child: the parent never imports torch
+        from tunesmith.models import zoo
+
+        job["model"] = str(zoo.resolve(MODEL))
+    return JOBS[job["side"]](job)
+
+
 def child(job: dict) -> dict:
     """Run one job in a process of its own; its result, its peak RSS and its steps per second."""
     result = run_job(__file__, job, f"{job['side']} {job.get('method', '')}")
@@ -299,19 +307,8 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        job = json.loads(Path(a.child).read_text())
-        if job.get("model") == "zoo":
-            from tunesmith.models import zoo
-
-            job["model"] = str(zoo.resolve(MODEL))
-        Path(a.child + ".out").write_text(json.dumps(JOBS[job["side"]](job)))
-        return
-    try:
-        from importlib.metadata import version
-
-        versions = {p: version(p) for p in ("trl", "torch", "transformers", "peft")}
-    except ImportError:
-        raise SystemExit("this benchmark needs TRL: .venv/bin/pip install -e '.[bench]' (TRL 1.16.0)") from None
+        return answer(a.child, run_child_job)
+    versions = peer_versions(("trl", "torch", "transformers", "peft"), TRL)
     hh = a.data / "hh_rlhf" / "train.jsonl"
     if not hh.exists() and a.only != "grpo":
         raise SystemExit(f"missing {hh}: the DPO side needs ../shared/data/hh_rlhf (or --data DIR, or --only grpo)")

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from jobs import run_job
+from jobs import answer, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [
@@ -83,6 +83,8 @@ def job(v: dict) -> dict:
 
 def estimate_mb(v: dict) -> float:
     """tunesmith's own peak-memory estimate (train/footprint.py) for the variant's config."""
+    from transformers import AutoConfig
+
     from tunesmith.config import config_from_dict
     from tunesmith.models import zoo
     from tunesmith.train import footprint
@@ -91,7 +93,8 @@ def estimate_mb(v: dict) -> float:
            "train": {"batch_size": v["batch"], "max_length": v["max_length"], "precision": v["precision"]}}  # fmt: skip
     if v["mode"] == "lora":
         raw["lora"] = {"r": 16, "alpha": 32}
-    return footprint.estimate(config_from_dict(raw), zoo.resolve("smollm2-135m-instruct")).total_mb
+    config = AutoConfig.from_pretrained(zoo.resolve("smollm2-135m-instruct"))
+    return footprint.estimate(config_from_dict(raw), config).total_mb
 
 
 def child(v: dict) -> dict:
@@ -106,8 +109,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        Path(a.child + ".out").write_text(json.dumps(job(json.loads(Path(a.child).read_text()))))
-        return
+        return answer(a.child, job)
     data = a.data / "dialogsum" / "validation.jsonl"
     if not data.exists():
         raise SystemExit(f"missing {data}: this benchmark needs ../shared/data/dialogsum (or --data DIR)")

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jobs import run_job
+from jobs import TRL, answer, peer_versions, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -94,6 +94,7 @@ def matmul_job(job: dict) -> dict:
 
 def tunesmith_job(job: dict) -> dict:
     import yaml
+    from transformers import AutoConfig
 
     from tunesmith import api
     from tunesmith.config import load_config
@@ -130,7 +131,9 @@ def tunesmith_job(job: dict) -> dict:
         "loss_last5_mean": sum(r["loss"] for r in steps[-5:]) / len(steps[-5:]),  # one batch's loss is noisy
         "setting": {"precision": setup["precision"], "precision_reason": setup["precision_reason"]},
         "timed_s": seconds,
-        "estimated_peak_mb": footprint.estimate(load_config(path), zoo.resolve(MODEL)).report(),
+        "estimated_peak_mb": footprint.estimate(
+            load_config(path), AutoConfig.from_pretrained(zoo.resolve(MODEL))
+        ).report(),
     }
 
 
@@ -259,15 +262,8 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        job = json.loads(Path(a.child).read_text())
-        Path(a.child + ".out").write_text(json.dumps(JOBS[job["side"]](job)))
-        return
-    try:
-        from importlib.metadata import version
-
-        versions = {p: version(p) for p in ("trl", "torch", "transformers", "peft")}
-    except ImportError:
-        raise SystemExit("this benchmark needs TRL: .venv/bin/pip install -e '.[bench]' (TRL 1.16.0)") from None
+        return answer(a.child, lambda job: JOBS[job["side"]](job))
+    versions = peer_versions(("trl", "torch", "transformers", "peft"), TRL)
     dialogsum = a.data / "dialogsum" / "validation.jsonl"
     if not dialogsum.exists():
         raise SystemExit(f"missing {dialogsum}: this benchmark needs ../shared/data/dialogsum (or --data DIR)")

@@ -32,7 +32,7 @@ def check_model(cfg: RunConfig, model_dir: Path) -> None:
             f"model {cfg.model}: its tokenizer has {tokens} tokens but the model embeds only {vocab}; "
             "the folder mixes a tokenizer and a model that do not belong together"
         )
-    footprint.check_fits(cfg, model_dir)
+    footprint.check_fits(cfg, config)
 
 
 def check_data(cfg: RunConfig, method: Method, report: dict, data_dir: Path) -> None:

@@ -1,4 +1,5 @@
 import pytest
+from transformers import AutoConfig
 
 from tests.conftest import sft_config
 from tunesmith import api
@@ -11,13 +12,15 @@ def test_the_estimate_grows_with_batch_and_length_and_shrinks_under_lora(tiny_lm
     def total(**train) -> float:
         raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl")
         raw["train"] |= train
-        return footprint.estimate(config_from_dict(raw), tiny_lm)
+        return footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm))
 
     small, big = total(batch_size=2), total(batch_size=8)
     assert big.activations_mb == pytest.approx(4 * small.activations_mb)
     assert total(max_length=64).activations_mb == pytest.approx(total(max_length=128).activations_mb / 2)
     raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", lora={"r": 4})
-    assert footprint.estimate(config_from_dict(raw), tiny_lm).optimizer_mb < small.optimizer_mb
+    assert (
+        footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm)).optimizer_mb < small.optimizer_mb
+    )
 
 
 def test_a_config_that_cannot_fit_fails_before_training_naming_what_to_lower(tiny_lm, tmp_path, fixtures, monkeypatch):

@@ -49,9 +49,8 @@ def _sizes(config) -> dict[str, int]:
     f = int(getattr(text, "intermediate_size", None) or 4 * d)
     gated = getattr(text, "hidden_act", "gelu") in ("silu", "swiglu") or hasattr(text, "mlp_bias")
     layer = d * (d + 2 * kv) + d * d + (3 if gated else 2) * d * f
-    vocab = int(text.vocab_size)
-    return {"d": d, "f": f, "layers": int(text.num_hidden_layers), "vocab": vocab, "layer_params": layer,
-            "params": vocab * d + int(text.num_hidden_layers) * layer, "heads": heads}  # fmt: skip
+    vocab, layers = int(text.vocab_size), int(text.num_hidden_layers)
+    return {"d": d, "f": f, "layers": layers, "vocab": vocab, "params": vocab * d + layers * layer, "heads": heads}
 
 
 def _lora_params(s: dict[str, int], r: int) -> int:
@@ -60,12 +59,10 @@ def _lora_params(s: dict[str, int], r: int) -> int:
     return s["layers"] * r * (4 * (d + d) + 3 * (d + f))
 
 
-def estimate(cfg: RunConfig, model_dir: Path) -> Footprint:
-    from transformers import AutoConfig
-
+def estimate(cfg: RunConfig, config) -> Footprint:
+    """The footprint of the run config on the model whose transformers config is `config`."""
     from tunesmith.lm.logprobs import CHUNK_ELEMENTS
 
-    config = AutoConfig.from_pretrained(model_dir)
     causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     s = _sizes(config)
     t = cfg.train
@@ -100,10 +97,10 @@ def memory_limit_mb() -> float:
     return limit / MB
 
 
-def check_fits(cfg: RunConfig, model_dir: Path, limit_mb: float | None = None) -> Footprint:
+def check_fits(cfg: RunConfig, config) -> Footprint:
     """The estimate, or an error naming what to lower when it is above the memory this process may use."""
-    need = estimate(cfg, model_dir)
-    limit = limit_mb if limit_mb is not None else memory_limit_mb()
+    need = estimate(cfg, config)
+    limit = memory_limit_mb()
     if need.total_mb > limit:
         t = cfg.train
         parts = ", ".join(f"{k.removesuffix('_mb')} {v:,} MB" for k, v in need.report().items() if k != "total_mb")

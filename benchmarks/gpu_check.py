@@ -1,11 +1,12 @@
-"""The GPU path, run where a CUDA GPU is: tunesmith's classifier and LoRA SFT on CUDA in bf16 for a few hundred steps,
-and TRL's SFTTrainer on the same SFT work, each in a process of its own; throughput, peak GPU memory and losses to
-one JSON. Started by benchmarks/gpu_check.sh, which exits at once on a machine without CUDA.
+"""The GPU path, run where a CUDA GPU is: tunesmith's classifier, and its LoRA and full SFT beside TRL's SFTTrainer
+on the same rows, in bf16 on CUDA for a few hundred steps, each job in a process of its own; throughput, peak GPU
+memory and losses to one JSON. Started by benchmarks/gpu_check.sh, which exits at once on a machine without CUDA.
 
 The models are the bundled ones where they are installed (minilm-l6, smollm2-135m-instruct); a GPU machine that
 cannot install them gets their architectures, tokenizers and chat template from benchmarks/gpu_models/ with
 random weights: the same shapes, so the same speed and memory, but losses that mean only "it trains" (the JSON
-says which). The data: the committed fixtures (SST-2 rows, DialogSum dialogues), repeated for the steps asked.
+says which). The data: the committed fixtures (SST-2 rows; the 20 DialogSum dialogues, repeated for the steps
+asked, as sft_speed.py's chat rows). The SFT jobs are sft_speed.py's own (2 warm-up steps, then the timed ones).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from jobs import answer, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"}
+SFT = Path(__file__).with_name("sft_speed.py")  # its tunesmith, TRL, rows and matmul jobs run here on CUDA
+PACKAGES = ("torch", "transformers", "tokenizers", "peft", "accelerate", "trl", "datasets", "pydantic")
 
 
 def model_dir(alias: str, work: Path) -> tuple[str, bool]:
@@ -46,6 +47,11 @@ def model_dir(alias: str, work: Path) -> tuple[str, bool]:
     return str(out), False
 
 
+def model_job(job: dict) -> dict:
+    folder, real = model_dir(job["alias"], Path(job["work"]) / "models")
+    return {"dir": folder, "real_weights": real}
+
+
 def train_job(job: dict) -> dict:
     """One tunesmith run on CUDA in bf16; its rate and the GPU's peak memory."""
     import torch
@@ -58,57 +64,43 @@ def train_job(job: dict) -> dict:
     cfg = {"name": f"gpu-{job['method']}", "model": model, "method": job["method"], "output_dir": str(work / "runs"),
            "data": job["data"] | {"dedup": {"exact": False, "near": False}, "on_error": "skip"},
            "train": {"max_steps": job["steps"], "batch_size": job["batch"], "lr": job["lr"], "precision": "bf16",
-                     "device": "cuda", "max_length": job["max_length"], "log_every": 10, "epochs": 1000,
+                     "device": job["device"], "max_length": job["max_length"], "log_every": 10, "epochs": 1000,
                      "checkpoint_every": 10_000, "seed": 13},
-           "eval": {"baseline": False}} | job.get("extra", {})  # fmt: skip
+           "eval": {"baseline": False}}  # fmt: skip
     path = work / f"{job['method']}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run = api.train(path, quiet=True)
     ev = json.loads((run / "eval.json").read_text())
     logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r and "split" not in r]
-    return {"real_weights": real, "train": ev["train"], "loss_first": losses[0], "loss_last": losses[-1],
+    return {"real_weights": real, "train": ev["train"], "accuracy": ev["tuned"].get("accuracy"),
+            "loss_first": losses[0], "loss_last": losses[-1],
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}  # fmt: skip
 
 
-def trl_job(job: dict) -> dict:
-    """TRL's SFTTrainer on the same SFT rows, bf16 on CUDA."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    work = Path(job["work"])
-    model, real = model_dir(job["alias"], work / "models")
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    rows = [json.loads(ln) for ln in Path(job["data"]["train"]).read_text().splitlines()]
-    chats = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows]
-    from peft import LoraConfig
-
-    args = SFTConfig(output_dir=str(work / "trl"), max_steps=job["steps"], per_device_train_batch_size=job["batch"],
-                     learning_rate=job["lr"], bf16=True, logging_steps=10, save_strategy="no", report_to="none",
-                     max_length=job["max_length"], seed=13)  # fmt: skip
-    peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                      target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    data = Dataset.from_list(chats)
-    trainer = SFTTrainer(model=lm, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft)
-    start = time.perf_counter()
-    out = trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"real_weights": real, "train_s": time.perf_counter() - start, "steps": out.global_step,
-            "samples_per_s": out.metrics["train_samples_per_second"], "loss_first": losses[0],
-            "loss_last": losses[-1], "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}  # fmt: skip
+def sft_job(job: dict, what: str) -> dict:
+    """One of sft_speed.py's jobs, in its own process; a failure is recorded, not fatal."""
+    try:
+        return run_job(SFT, job, what)
+    except SystemExit as err:
+        return {"error": str(err)}
 
 
-def sft_rows(work: Path) -> Path:
-    """The DialogSum fixture as chat rows: user asks for a summary of the dialogue, the assistant gives it."""
-    rows = [json.loads(ln) for ln in (FIXTURES / "dialogsum_20.jsonl").read_text().splitlines()]
-    chats = [{"messages": [{"role": "user", "content": "Summarise this dialogue:\n" + r["dialogue"]},
-                           {"role": "assistant", "content": r["summary"]}]} for r in rows]  # fmt: skip
-    path = work / "sft.jsonl"
-    path.write_text("".join(json.dumps(c) + "\n" for c in chats))
-    return path
+def sft_side_by_side(mode: str, base: dict, params: int, peak: float) -> dict:
+    """tunesmith's sft and TRL's SFTTrainer on the same rows in bf16 on CUDA, TRL with gradient checkpointing
+    off and on (its padding_free needs flash attention, which this check does not install); the faster TRL counts."""
+    ours = sft_job(base | {"side": "tunesmith", "mode": mode, "generate": 4 if mode == "lora" else 0}, "tunesmith")
+    trl = {f"gc_{gc}": sft_job(base | {"side": "trl", "mode": mode, "bf16": True, "gc": gc, "padding_free": False},
+                               "trl") for gc in (False, True)}  # fmt: skip
+    out = {"tunesmith": ours, "trl": trl}
+    timed = [t for t in trl.values() if "tokens_per_s" in t]
+    if "tokens_per_s" in ours and timed:
+        best = max(timed, key=lambda t: t["tokens_per_s"])
+        out["speed_ratio"] = ours["tokens_per_s"] / best["tokens_per_s"]
+        if "peak_gpu_mb" in ours and "peak_gpu_mb" in best:
+            out["gpu_memory_ratio"] = ours["peak_gpu_mb"] / best["peak_gpu_mb"]
+        ours["mfu"] = (4 if mode == "lora" else 6) * params * ours["tokens_per_s"] / (peak * 1e9)
+    return out
 
 
 def child(job: dict) -> dict:
@@ -119,36 +111,64 @@ def child(job: dict) -> dict:
         return {"error": str(err)}
 
 
+def matmul(shape: tuple[int, int, int], device: str) -> float:
+    job = {"side": "matmul", "dtype": "bfloat16", "device": device, "shape": shape}
+    return run_job(SFT, job, "matmul")["gflops"]
+
+
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a dry run of the script's plumbing
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        return answer(a.child, lambda job: {"train": train_job, "trl": trl_job}[job["side"]](job))
+        return answer(a.child, lambda job: {"train": train_job, "model": model_job}[job["side"]](job))
     import torch
 
-    if not torch.cuda.is_available():
+    if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA GPU is visible to torch here; this check needs one (nothing ran)")
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    sft = {"train": str(sft_rows(work)), "test_fraction": 0.2, "val_fraction": 0}
     classify = {"train": str(FIXTURES / "sst2_train.tsv"), "test": str(FIXTURES / "sst2_dev.tsv"), "val_fraction": 0}
-    base = {"work": str(work), "steps": a.steps}
-    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "python": sys.version.split()[0], "steps": a.steps}  # fmt: skip
+    base = {"work": str(work), "steps": a.steps, "device": a.device}
+    gpu = torch.cuda.get_device_name(0) if a.device == "cuda" else None
+    result = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "python": sys.version.split()[0], "versions": versions(), "steps": a.steps}  # fmt: skip
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every part: a run cut short by its time limit keeps what it measured
+        a.out.write_text(json.dumps(result, indent=2))
+
     result["classify"] = child(base | {"side": "train", "alias": "minilm-l6", "method": "classify", "data": classify,
                                        "batch": 32, "lr": 5e-5, "max_length": 128})  # fmt: skip
-    lora = {"alias": "smollm2-135m-instruct", "data": sft, "batch": 8, "lr": 2e-4, "max_length": 512}
-    result["sft_lora"] = child(base | lora | {"side": "train", "method": "sft", "extra": {"lora": LORA}})
-    try:
-        import trl
-
-        result["trl_sft_lora"] = child(base | lora | {"side": "trl"}) | {"trl": trl.__version__}
-    except ImportError:
-        result["trl_sft_lora"] = {"error": "trl is not installed on this machine"}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
+    save()
+    smollm = child({"side": "model", "work": str(work), "alias": "smollm2-135m-instruct"})
+    rows = run_job(SFT, {"side": "rows", "work": str(work), "model_dir": smollm["dir"], "n": a.steps * 8,
+                         "dialogsum": str(FIXTURES / "dialogsum_20.jsonl"), "repeat": True}, "rows")  # fmt: skip
+    test = work / "test.jsonl"
+    test.write_text("".join(Path(rows["train"]).read_text().splitlines(keepends=True)[:4]))
+    square = (8192,) * 3 if a.device == "cuda" else (1024,) * 3  # the GPU's peak; a CPU dry run stays short
+    shapes = {"mlp_4096x576x1536": (4096, 576, 1536), "square": square}
+    result["matmul_bf16_gflops"] = {name: matmul(shape, a.device) for name, shape in shapes.items()}
+    sft = base | {"model_dir": smollm["dir"], "train": rows["train"], "test": str(test)}
+    peak = result["matmul_bf16_gflops"]["square"]
+    result["sft"] = {"model_real_weights": smollm["real_weights"], "rows": a.steps * 8, "batch": 8, "max_length": 512}
+    for mode in ("lora", "full"):
+        result["sft"][mode] = sft_side_by_side(mode, sft, rows["params"], peak)
+        save()
     print(json.dumps(result, indent=2))
 
 

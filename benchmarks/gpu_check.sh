@@ -2,6 +2,7 @@
 # The GPU path in one prepared run of at most 10 minutes (benchmarks/gpu_check.py says what it trains): where no
 # CUDA GPU is visible it exits at once, status 3, having run nothing.
 #   benchmarks/gpu_check.sh [--steps N] [--out FILE]    # writes benchmarks/results/gpu_check.json
+# GPU_CHECK_SECONDS (default 590) bounds the run; the JSON is written after every part, so a cut run keeps those.
 # It uses .venv/bin/python where there is one, else $PYTHON or python3 with its own torch, transformers and peft
 # (a GPU machine's own install): tunesmith then runs from src/ without being installed.
 set -uo pipefail
@@ -14,4 +15,4 @@ case $? in
   *) echo "gpu_check: $PY cannot import torch; set PYTHON to a Python with torch installed (nothing ran)" >&2; exit 3 ;;
 esac
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec timeout 590 "$PY" benchmarks/gpu_check.py "$@"
+exec timeout "${GPU_CHECK_SECONDS:-590}" "$PY" benchmarks/gpu_check.py "$@"

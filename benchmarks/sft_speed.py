@@ -48,17 +48,24 @@ PROMPT = "Summarise this dialogue:\n"
 # ---- the jobs, each run in a child process ----------------------------------------------------------------
 
 
+def model_dir(job: dict) -> str:
+    """The job's model folder (gpu_check.py passes one), else the bundled smollm2."""
+    from tunesmith.models import zoo
+
+    return job.get("model_dir") or str(zoo.resolve(MODEL))
+
+
 def rows_job(job: dict) -> dict:
-    """DialogSum dialogues whose chat rendering fits in max_length tokens, in file order; the model's parameters."""
+    """DialogSum dialogues whose chat rendering fits in max_length tokens, in file order (read again from the top
+    while more are asked for, with job["repeat"]); the model's parameters."""
     from torch import device as torch_device
     from transformers import AutoTokenizer
 
     from tunesmith.lm.tokens import encode
-    from tunesmith.models import zoo
 
-    tokenizer = AutoTokenizer.from_pretrained(zoo.resolve(MODEL))
-    kept = []
-    for line in Path(job["dialogsum"]).read_text().splitlines():
+    tokenizer = AutoTokenizer.from_pretrained(model_dir(job))
+    lines, kept = Path(job["dialogsum"]).read_text().splitlines(), []
+    for line in lines * (-(-job["n"] // len(lines)) if job.get("repeat") else 1):
         r = json.loads(line)
         messages = [{"role": "user", "content": PROMPT + r["dialogue"]}, {"role": "assistant", "content": r["summary"]}]
         # TRL's tokens of a row are these (tests/lm/test_logprobs.py checks it); 4 spare for the data stage's cleaning
@@ -73,23 +80,35 @@ def rows_job(job: dict) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch_device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(zoo.resolve(MODEL)))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir(job)))
     return {"train": str(path), "params": sum(p.numel() for p in model.parameters())}  # a tied embedding once
 
 
 def matmul_job(job: dict) -> dict:
-    """GFLOP/s of a (4096 x 576) @ (576 x 1536) matmul, the shape of the MLP's projections, in the given dtype."""
+    """GFLOP/s of an (m x k) @ (k x n) matmul in the given dtype on the job's device (default: the CPU); the
+    default shape is the MLP's projections of a batch, (4096 x 576) @ (576 x 1536)."""
     import torch
 
-    dtype = getattr(torch, job["dtype"])
-    a, b = torch.randn(4096, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+    dtype, device = getattr(torch, job["dtype"]), job.get("device", "cpu")
+    m, k, n = job.get("shape", (4096, 576, 1536))
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     best = float("inf")
     for _ in range(12):
+        sync()
         start = time.perf_counter()
         for _ in range(5):
             a @ b
+        sync()
         best = min(best, (time.perf_counter() - start) / 5)
-    return {"gflops": 2 * 4096 * 576 * 1536 / best / 1e9}
+    return {"gflops": 2 * m * k * n / best / 1e9}
+
+
+def gpu_peak() -> dict:
+    """The GPU's peak allocated memory of this process, where the job ran on one."""
+    import torch
+
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_initialized() else {}
 
 
 def tunesmith_job(job: dict) -> dict:
@@ -98,21 +117,20 @@ def tunesmith_job(job: dict) -> dict:
 
     from tunesmith import api
     from tunesmith.config import load_config
-    from tunesmith.models import zoo
     from tunesmith.train import footprint
 
     work = Path(job["work"]) / f"ts-{job['mode']}"
     cfg = {
         "name": f"bench-sft-{job['mode']}",
-        "model": MODEL,
+        "model": model_dir(job),
         "method": "sft",
         "output_dir": str(work / "runs"),
         "data": {"train": job["train"], "test": job["test"], "val_fraction": 0, "on_error": "fail",
                  "dedup": {"exact": False, "near": False}},
         "train": {"max_steps": job["steps"], "batch_size": BATCH, "lr": LR[job["mode"]], "warmup": 0,
                   "schedule": "constant", "weight_decay": 0.0, "max_length": MAX_LENGTH, "seed": SEED,
-                  "log_every": 1, "checkpoint_every": 10_000},
-        "eval": {"baseline": False},
+                  "log_every": 1, "checkpoint_every": 10_000, "device": job.get("device", "auto")},
+        "eval": {"baseline": False, "generate": job.get("generate", 0), "max_new_tokens": 32},
     } | ({"lora": LORA | {"targets": "all-linear"}} if job["mode"] == "lora" else {})  # fmt: skip
     path = work / "sft.yaml"
     work.mkdir(parents=True)
@@ -131,10 +149,9 @@ def tunesmith_job(job: dict) -> dict:
         "loss_last5_mean": sum(r["loss"] for r in steps[-5:]) / len(steps[-5:]),  # one batch's loss is noisy
         "setting": {"precision": setup["precision"], "precision_reason": setup["precision_reason"]},
         "timed_s": seconds,
-        "estimated_peak_mb": footprint.estimate(
-            load_config(path), AutoConfig.from_pretrained(zoo.resolve(MODEL))
-        ).report(),
-    }
+        "estimated_peak_mb": footprint.estimate(load_config(path), AutoConfig.from_pretrained(model_dir(job))).report(),
+        "scores": json.loads((run / "eval.json").read_text()).get("tuned"),
+    } | gpu_peak()
 
 
 def trl_job(job: dict) -> dict:
@@ -144,17 +161,15 @@ def trl_job(job: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tunesmith.models import zoo
-
-    model_dir = zoo.resolve(MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir(job))
+    model = AutoModelForCausalLM.from_pretrained(model_dir(job), dtype=torch.float32)
     rows = [json.loads(ln) for ln in Path(job["train"]).read_text().splitlines()]
     data = Dataset.from_list([{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows])
     args = SFTConfig(
         output_dir=str(Path(job["work"]) / "trl"), max_steps=job["steps"], per_device_train_batch_size=BATCH,
         learning_rate=LR[job["mode"]], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, seed=SEED, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        max_grad_norm=1.0, seed=SEED, logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=job.get("device", "cpu") == "cpu",
         bf16=job["bf16"], gradient_checkpointing=job["gc"], padding_free=job["padding_free"],
         packing=job.get("packing", False), dataloader_num_workers=0,
         # padding-free without packing needs max_length None in TRL; every row fits in MAX_LENGTH anyway
@@ -197,7 +212,7 @@ def trl_job(job: dict) -> dict:
         "loss_last": losses[-1],
         "loss_last5_mean": sum(losses[-5:]) / len(losses[-5:]),
         "timed_s": seconds,
-    }
+    } | gpu_peak()
 
 
 JOBS = {"rows": rows_job, "matmul": matmul_job, "tunesmith": tunesmith_job, "trl": trl_job}

@@ -129,7 +129,8 @@ def tunesmith_job(job: dict) -> dict:
                  "dedup": {"exact": False, "near": False}},
         "train": {"max_steps": job["steps"], "batch_size": BATCH, "lr": LR[job["mode"]], "warmup": 0,
                   "schedule": "constant", "weight_decay": 0.0, "max_length": MAX_LENGTH, "seed": SEED,
-                  "log_every": 1, "checkpoint_every": 10_000, "device": job.get("device", "auto")},
+                  "log_every": 1, "checkpoint_every": 10_000, "device": job.get("device", "auto")}
+                 | job.get("overrides", {}),
         "eval": {"baseline": False, "generate": job.get("generate", 0), "max_new_tokens": 32},
     } | ({"lora": LORA | {"targets": "all-linear"}} if job["mode"] == "lora" else {})  # fmt: skip
     path = work / "sft.yaml"

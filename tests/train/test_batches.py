@@ -1,6 +1,6 @@
 import numpy as np
 
-from tunesmith.train.batches import order_batches
+from tunesmith.train.batches import CPU_BATCH_TOKENS, order_batches, split_by_tokens, token_budget
 
 
 def test_grouped_batches_pad_little_and_cover_every_row_once():
@@ -19,3 +19,19 @@ def test_the_longest_batch_comes_first():
     lengths = np.random.default_rng(1).integers(3, 90, 2000)
     batches = order_batches(lengths, 16, seed=2, group_by_length=True)
     assert lengths[batches[0]].max() == lengths.max()
+
+
+def test_a_batch_is_cut_into_parts_within_the_token_budget():
+    lengths = np.array([500, 20, 480, 130, 1500, 90, 250, 30])
+    rows = np.arange(8)
+    parts = split_by_tokens(rows, lengths, 1024)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(8))
+    assert [p.tolist() for p in parts] == [[4], [0, 2], [6, 3, 5, 7], [1]]  # longest first; 1500 alone
+    assert all(len(p) * lengths[p].max() <= 1024 for p in parts[1:])
+    assert [p.tolist() for p in split_by_tokens(rows, lengths, 12_000)] == [[4, 0, 2, 6, 3, 5, 7, 1]]
+
+
+def test_the_token_budget_splits_on_a_cpu_only_when_auto():
+    assert token_budget("auto", "cpu") == CPU_BATCH_TOKENS
+    assert token_budget("auto", "cuda") is None
+    assert token_budget(None, "cpu") is None and token_budget(300, "cuda") == 300

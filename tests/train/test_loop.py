@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from tunesmith.config import EarlyStopping, TrainConfig
+from tunesmith.train.batches import split_by_tokens
 from tunesmith.train.checkpoint import list_checkpoints
 from tunesmith.train.loop import Task, fit
 from tunesmith.train.memory import _glibc
@@ -82,6 +84,28 @@ def test_accumulation_normalises_over_the_whole_group(tmp_path):
     b.batches = paired
     fit(b, cfg(epochs=1, batch_size=8, grad_accum=2, max_grad_norm=None), tmp_path / "b", quiet=True)
     assert torch.allclose(weights(a.model), weights(b.model), atol=1e-6)
+
+
+def test_a_batch_run_in_parts_makes_the_same_update(tmp_path):
+    """train.batch_tokens: a task that can split its batches runs each in parts of at most that many tokens (here
+    one token a row, so 3 rows a part); the gradients add up to the whole batch's update."""
+
+    def plan_task(split: bool) -> Task:
+        task = toy_task(batch=8)
+        rows = task.batches(0)
+        x, y = torch.cat([b["x"] for b in rows]), torch.cat([b["y"] for b in rows])
+        lengths = np.ones(len(x), dtype=int)
+        task.batches = lambda epoch: [np.arange(i, i + 8) for i in range(0, len(x), 8)]
+        task.collate = lambda idx: {"x": x[idx], "y": y[idx], "n": len(idx), "examples": len(idx)}
+        if split:
+            task.split = lambda idx, budget: split_by_tokens(idx, lengths, budget)
+        return task
+
+    whole, parts = plan_task(False), plan_task(True)
+    fit(whole, cfg(epochs=1, batch_tokens=3), tmp_path / "whole", quiet=True)
+    fit(parts, cfg(epochs=1, batch_tokens=3), tmp_path / "parts", quiet=True)
+    assert torch.allclose(weights(whole.model), weights(parts.model), atol=1e-6)
+    assert not torch.allclose(weights(whole.model), weights(toy_task(batch=8).model))  # it trained
 
 
 def test_early_stopping_restores_the_best_weights(tmp_path):

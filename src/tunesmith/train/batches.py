@@ -1,4 +1,5 @@
-"""The order of training examples: shuffled per epoch, and grouped by length so that batches pad little."""
+"""The order of training examples: shuffled per epoch, and grouped by length so that batches pad little; and a
+batch cut into parts that bound the tokens of one forward pass."""
 
 from __future__ import annotations
 
@@ -20,3 +21,25 @@ def order_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_leng
         longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
         batches[0], batches[longest] = batches[longest], batches[0]
     return batches
+
+
+CPU_BATCH_TOKENS = 1024  # train.batch_tokens auto on a CPU (config.py says what it was measured on)
+
+
+def token_budget(setting: int | str | None, device_type: str) -> int | None:
+    """train.batch_tokens resolved for the device: None means one forward pass per batch."""
+    if setting == "auto":
+        return CPU_BATCH_TOKENS if device_type == "cpu" else None
+    return setting
+
+
+def split_by_tokens(rows: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """The batch's rows, longest first, cut into parts of at most `budget` padded tokens (rows x the part's
+    longest row); a row longer than the budget is a part of its own."""
+    order = rows[np.argsort(-lengths[rows], kind="stable")]
+    parts, at = [], 0
+    while at < len(order):
+        take = max(1, budget // max(1, int(lengths[order[at]])))
+        parts.append(order[at : at + take])
+        at += take
+    return parts

@@ -2,11 +2,12 @@
 with the settings to lower, not by an out-of-memory kill halfway through an epoch.
 
 An upper-bound model from the model's config (no weights loaded): fp32 weights, gradients and AdamW's two
-moments for what trains, the activations autograd keeps for the longest micro-batch (batch_size x max_length
-tokens; the loop runs the longest batch first), the LM head's logits at the target positions, and the runtime
-(Python, torch, transformers, the tokenizer). ACTIVATION_FLOATS was fitted on one config: smollm2-135m, LoRA
-r16 on all linear layers, bf16 autocast, batch 8 of up to 503 tokens (benchmarks/sft_speed.py, which records each
-estimate beside the measured peak: 7,743 vs 7,748 MB); full fine-tuning, fp32 and encoders are not fitted yet.
+moments for what trains, the activations autograd keeps for the longest forward pass (batch_size x max_length
+tokens, or train.batch_tokens where the method runs a batch in parts; the loop runs the longest batch first),
+the LM head's logits at the target positions, and the runtime (Python, torch, transformers, the tokenizer).
+ACTIVATION_FLOATS was fitted on one config: smollm2-135m, LoRA r16 on all linear layers, bf16 autocast, one
+forward pass of 8 rows of up to 503 tokens (benchmarks/sft_speed.py, which records each estimate beside the
+measured peak: 7,743 vs 7,748 MB); full fine-tuning, fp32 and encoders are not fitted yet.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def _lora_params(s: dict[str, int], r: int) -> int:
 
 def estimate(cfg: RunConfig, config) -> Footprint:
     """The footprint of the run config on the model whose transformers config is `config`."""
+    from tunesmith import methods
     from tunesmith.lm.logprobs import CHUNK_ELEMENTS
+    from tunesmith.train.batches import token_budget
+    from tunesmith.train.precision import pick_device
 
     causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     s = _sizes(config)
@@ -70,6 +74,9 @@ def estimate(cfg: RunConfig, config) -> Footprint:
     low = t.precision != "fp32"  # auto may choose bf16: the upper bound
     per_float = 4 + (2 if low else 0)  # autocast keeps a 16-bit copy beside most fp32 activations
     tokens = t.batch_size * t.max_length
+    budget = token_budget(t.batch_tokens, pick_device(t.device).type)
+    if budget and "train.batch_tokens" in methods.get(cfg.method).options:  # the method runs a batch in parts
+        tokens = min(tokens, max(budget, t.max_length))
     per_token = ACTIVATION_FLOATS["hidden"] * s["d"] + ACTIVATION_FLOATS["mlp"] * s["f"]
     if not causal:
         per_token += s["heads"] * t.max_length  # encoders: attention probabilities (dropout needs the math path)

@@ -16,6 +16,7 @@ import torch
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
+from tunesmith.train.batches import token_budget
 from tunesmith.train.checkpoint import (
     list_checkpoints,
     load_trainable,
@@ -58,6 +59,9 @@ class Task:
     collate: Callable[[object], Batch] = lambda item: item
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
     setup: Callable[[torch.device], None] | None = None
+    # split(item, tokens): the item's parts of at most `tokens` padded tokens each (train.batch_tokens), which
+    # collate and the loss then take one at a time; their sums make the same step as the whole item's
+    split: Callable[[object, int], Sequence] | None = None
     head_names: tuple[str, ...] = ()  # parameter-name parts that get train.head_lr
     minimise: tuple[str, ...] = ("loss",)  # validation metrics where lower is better (the rest: higher)
 
@@ -101,6 +105,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         total = min(total, cfg.max_steps)
     warmup = warmup_steps(cfg.warmup, total)
     eval_every = cfg.eval_every or steps_per_epoch
+    budget = token_budget(cfg.batch_tokens, device.type) if task.split else None
 
     state = LoopState(precision=precision)
     if saved:
@@ -127,8 +132,10 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
             epoch = state.epoch
             batches = first_plan if epoch == 0 else task.batches(epoch)
             while state.epoch == epoch and state.step < total and not state.stopped_early:
+                items = batches[state.batch : state.batch + cfg.grad_accum]
+                parts = [p for item in items for p in task.split(item, budget)] if budget else items
                 with torch.no_grad():
-                    group = [task.collate(item) for item in batches[state.batch : state.batch + cfg.grad_accum]]
+                    group = [task.collate(part) for part in parts]
                 lr = lr_at(state.step, warmup=warmup, total=total, peak=cfg.lr, schedule=cfg.schedule)
                 for g in optimizer.param_groups:
                     g["lr"] = lr * g["base_lr"] / cfg.lr
@@ -159,7 +166,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 state.tokens += sum(int(b.get("tokens", 0)) for b in group)
                 state.target_tokens += sum(int(b.get("target_tokens", 0)) for b in group)
                 state.step += 1
-                state.batch += len(group)
+                state.batch += len(items)
                 if state.batch >= len(batches):
                     state.epoch, state.batch = state.epoch + 1, 0
                 running, running_n = running + step_loss, running_n + 1

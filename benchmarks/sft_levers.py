@@ -4,10 +4,12 @@ on the work of sft_speed.py: smollm2-135m-instruct, LoRA r16 alpha 32 on all lin
 Each variant runs in a process of its own: 2 warm-up steps, then `--steps` timed ones (forward, backward, clipping,
 AdamW); tokens/s counts non-padding input tokens, peak RSS is the process's high-water mark.
 Levers (LoRA, batches of 8 dialogues grouped by length, max length 512): fp32 or bf16 autocast; the adapters'
-dropout 0.05 with torch's nn.Dropout (peft's default), with tunesmith's cheaper dropout, or no dropout at all; and,
-on the fastest of those, the chunked loss at 4M logits (by default it engages past 16M).
+dropout 0.05 with torch's nn.Dropout (peft's default), with tunesmith's cheaper dropout, or no dropout at all;
+each batch run in parts of at most 2,048 or 1,024 tokens (train.batch_tokens: the same update, less activation
+memory); and, on the fastest of those, the chunked loss at 4M logits (by default it engages past 16M).
 Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
-2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows); beside each, tunesmith's memory estimate for that config.
+2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a 2,048-token row is a
+part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate for that config.
 
     .venv/bin/python benchmarks/sft_levers.py          # about 40 minutes on 2 cores
 """
@@ -30,6 +32,8 @@ VARIANTS = [
     {"precision": "bf16", "dropout": "torch"},
     {"precision": "bf16", "dropout": "cheaper"},
     {"precision": "bf16", "dropout": "none"},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 2048},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024},
 ]
 
 
@@ -42,7 +46,7 @@ def job(v: dict) -> dict:
     from tunesmith.lm import logprobs
     from tunesmith.lm.tokens import Packed, Tokens
     from tunesmith.models import zoo
-    from tunesmith.train.batches import order_batches
+    from tunesmith.train.batches import order_batches, split_by_tokens
     from tunesmith.train.optim import build_optimizer
 
     if v.get("dropout") == "torch":
@@ -70,15 +74,18 @@ def job(v: dict) -> dict:
     for step, idx in enumerate(plan):
         if step == 2:
             start, done = time.perf_counter(), 0
-        batch = data.collate(idx)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["precision"] == "bf16"):
-            loss = logprobs.token_loss(model, batch) / batch["n"]
-        loss.backward()
+        parts = [data.collate(p) for p in split_by_tokens(idx, data.lengths, v.get("batch_tokens") or 10**9)]
+        n, step_loss = sum(b["n"] for b in parts), 0.0
+        for batch in parts:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["precision"] == "bf16"):
+                loss = logprobs.token_loss(model, batch) / n
+            loss.backward()
+            step_loss += float(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        done += batch["tokens"]
-    return {"tokens_per_s": done / (time.perf_counter() - start), "loss_last": float(loss)}
+        done += sum(b["tokens"] for b in parts)
+    return {"tokens_per_s": done / (time.perf_counter() - start), "loss_last": step_loss}
 
 
 def estimate_mb(v: dict) -> float:
@@ -90,7 +97,8 @@ def estimate_mb(v: dict) -> float:
     from tunesmith.train import footprint
 
     raw = {"model": "smollm2-135m-instruct", "method": "sft", "data": {"train": v["data"]},
-           "train": {"batch_size": v["batch"], "max_length": v["max_length"], "precision": v["precision"]}}  # fmt: skip
+           "train": {"batch_size": v["batch"], "max_length": v["max_length"], "precision": v["precision"],
+                     "batch_tokens": v.get("batch_tokens")}}  # fmt: skip
     if v["mode"] == "lora":
         raw["lora"] = {"r": 16, "alpha": 32}
     config = AutoConfig.from_pretrained(zoo.resolve("smollm2-135m-instruct"))
@@ -125,6 +133,7 @@ def main() -> None:
     for mode in ("lora", "full"):
         for length in (256, 512, 1024, 2048):
             v = {"mode": mode, "precision": "bf16", "max_length": length, "batch": 4096 // length, "packed": True}
+            v["batch_tokens"] = 1024
             got = child(v | {"data": str(data), "steps": a.steps})
             scaling.append(v | got | {"estimated_peak_mb": round(estimate_mb(v | {"data": str(data)}))})
             print(scaling[-1], flush=True)

@@ -1,11 +1,9 @@
 import json
 
 import pytest
-import torch
 
 from tests.conftest import sft_config
 from tunesmith import api
-from tunesmith.lm.logprobs import token_loss
 
 
 def test_sft_run_beats_the_base_model_and_saves_a_plain_transformers_model(tiny_lm, tmp_path, fixtures):
@@ -140,30 +138,3 @@ def test_chat_streams_and_keeps_the_conversation(tiny_lm, tmp_path):
     assert result.exit_code == 0 and json.loads(result.output)["reply"] == "Ye"
     session = api.chat(run, temperature=0, stop=["es"])
     assert "".join(session.send("question 7")) == "Y" and session.messages[-1] == {"role": "assistant", "content": "Y"}
-
-
-def test_a_batch_in_parts_under_batch_tokens_trains_as_the_whole_batch(tiny_lm, tmp_path, fixtures, monkeypatch):
-    """train.batch_tokens cuts each batch of 4 conversations into parts of at most 128 padded tokens (one or two
-    rows): more forward passes, and the logged losses and the trained weights match the run without parts."""
-    from safetensors.torch import load_file
-
-    from tunesmith.methods import sft
-
-    passes = []
-    monkeypatch.setattr(sft, "token_loss", lambda model, batch: passes.append(1) or token_loss(model, batch))
-
-    def run(budget, name):
-        train = {"batch_tokens": budget, "precision": "fp32", "dropout": 0.0, "epochs": 1, "log_every": 1}
-        passes.clear()
-        done = api.train(sft_config(tiny_lm, tmp_path / name, fixtures / "oasst_20.jsonl", train=train), quiet=True)
-        return done, len(passes)
-
-    (whole, whole_passes), (parts, parts_passes) = run(None, "whole"), run(128, "parts")
-    assert parts_passes > whole_passes
-
-    def losses(r):
-        return [json.loads(ln)["loss"] for ln in (r / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
-
-    assert len(losses(whole)) > 2 and losses(parts) == pytest.approx(losses(whole), rel=1e-4)
-    a, b = load_file(whole / "model" / "model.safetensors"), load_file(parts / "model" / "model.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

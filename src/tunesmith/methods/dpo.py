@@ -30,7 +30,7 @@ from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
 from tunesmith.models.saved import save_merged
-from tunesmith.train.batches import order_batches
+from tunesmith.train.batches import order_batches, split_by_tokens
 from tunesmith.train.loop import Batch, Task, fit
 
 
@@ -152,7 +152,10 @@ def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         return scores(split_logprobs(m, val, t.batch_size, mean), val.ref, dpo)
 
-    return Task(model=model, batches=batches, loss=loss, collate=train.collate, setup=setup,
+    def split(rows: np.ndarray, budget: int) -> list[np.ndarray]:  # each pair's loss is its own: parts add up
+        return split_by_tokens(rows, train.lengths, budget)
+
+    return Task(model=model, batches=batches, loss=loss, collate=train.collate, setup=setup, split=split,
                 evaluate=evaluate if val is not None and len(val) else None)  # fmt: skip
 
 
@@ -212,7 +215,7 @@ METHODS = (
         val_metrics=("loss", "reward_accuracy", "reward_margin", "preference_accuracy"),
         headline=("preference_accuracy",),
         section=DpoConfig,
-        options=forgetting.OPTIONS,
+        options=forgetting.OPTIONS | {"train.batch_tokens"},
         curve=("preference_accuracy", "reward_accuracy"),
         figures=("before_after",),
         panels=(("preference accuracy on held-out pairs", ("preference_accuracy",)), forgetting.PANEL),

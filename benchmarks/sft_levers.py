@@ -6,12 +6,14 @@ AdamW); tokens/s counts non-padding input tokens, peak RSS is the process's high
 Levers (LoRA, batches of 8 dialogues grouped by length, max length 512): fp32 or bf16 autocast; the adapters'
 dropout 0.05 with torch's nn.Dropout (peft's default), with tunesmith's cheaper dropout, or no dropout at all;
 each batch run in parts of at most 2,048 or 1,024 tokens (train.batch_tokens: the same update, less activation
-memory); and, on the fastest of those, the chunked loss at 4M logits (by default it engages past 16M).
+memory), also with the freed heap handed back to the OS after every step (malloc_trim); and, on the fastest of
+those, the chunked loss at 4M logits (by default it engages past 16M).
 Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
 2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a 2,048-token row is a
 part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate for that config.
 
-    .venv/bin/python benchmarks/sft_levers.py          # about 40 minutes on 2 cores
+    .venv/bin/python benchmarks/sft_levers.py          # about 45 minutes on 2 cores
+    .venv/bin/python benchmarks/sft_levers.py --variants 4 6 7 8 --no-scaling   # those levers only (VARIANTS' order)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ VARIANTS = [
     {"precision": "bf16", "dropout": "none"},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 2048},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "trim": True},
 ]
 
 
@@ -47,6 +50,7 @@ def job(v: dict) -> dict:
     from tunesmith.lm.tokens import Packed, Tokens
     from tunesmith.models import zoo
     from tunesmith.train.batches import order_batches, split_by_tokens
+    from tunesmith.train.memory import release_freed_memory
     from tunesmith.train.optim import build_optimizer
 
     if v.get("dropout") == "torch":
@@ -84,6 +88,8 @@ def job(v: dict) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if v.get("trim"):
+            release_freed_memory()
         done += sum(b["tokens"] for b in parts)
     return {"tokens_per_s": done / (time.perf_counter() - start), "loss_last": step_loss}
 
@@ -114,6 +120,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sft_levers.json")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds dialogsum/")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--variants", type=int, nargs="+", help="indices into VARIANTS; default all, then the chunked loss")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the sequence-length scaling table")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -122,15 +130,16 @@ def main() -> None:
     if not data.exists():
         raise SystemExit(f"missing {data}: this benchmark needs ../shared/data/dialogsum (or --data DIR)")
     results = []
-    for v in VARIANTS:
+    for v in [VARIANTS[i] for i in a.variants] if a.variants else VARIANTS:
         results.append(v | child(v | {"data": str(data), "steps": a.steps}))
         print(results[-1], flush=True)
-    fastest = max(results, key=lambda r: r["tokens_per_s"])
-    chunked = {k: fastest[k] for k in ("precision", "dropout")} | {"chunked": True}
-    results.append(chunked | child(chunked | {"data": str(data), "steps": a.steps}))
-    print(results[-1], flush=True)
+    if not a.variants:
+        fastest = max(results, key=lambda r: r["tokens_per_s"])
+        chunked = {k: fastest[k] for k in ("precision", "dropout")} | {"chunked": True}
+        results.append(chunked | child(chunked | {"data": str(data), "steps": a.steps}))
+        print(results[-1], flush=True)
     scaling = []
-    for mode in ("lora", "full"):
+    for mode in () if a.no_scaling else ("lora", "full"):
         for length in (256, 512, 1024, 2048):
             v = {"mode": mode, "precision": "bf16", "max_length": length, "batch": 4096 // length, "packed": True}
             v["batch_tokens"] = 1024
@@ -138,6 +147,7 @@ def main() -> None:
             scaling.append(v | got | {"estimated_peak_mb": round(estimate_mb(v | {"data": str(data)}))})
             print(scaling[-1], flush=True)
     out = {"machine": {"cores": os.cpu_count(), "loadavg_at_start": os.getloadavg()}, "steps": a.steps,
+           "variants_run": a.variants or "all", "scaling_run": not a.no_scaling,
            "levers": results, "scaling": scaling}  # fmt: skip
     a.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {a.out}")

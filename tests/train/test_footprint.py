@@ -29,3 +29,14 @@ def test_a_config_that_cannot_fit_fails_before_training_naming_what_to_lower(tin
     with pytest.raises(TunesmithError, match=r"needs about .* MB .* allows 500 MB: lower train.batch_size \(4;"):
         api.train(cfg, quiet=True)
     assert not list((tmp_path / "runs").glob("*/checkpoints"))
+
+
+def test_a_batch_in_parts_needs_less_than_the_whole_batch_and_more_than_one_part(tiny_lm, tmp_path, fixtures):
+    def activations(budget) -> float:
+        raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl")
+        raw["train"] |= {"batch_size": 8, "max_length": 128, "batch_tokens": budget}
+        return footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm)).activations_mb
+
+    whole, parts = activations(None), activations(256)
+    assert whole / 4 < parts < whole
+    assert parts == pytest.approx(whole * (256 + footprint.HEAP_KEPT * (1024 - 256)) / 1024)

@@ -7,7 +7,7 @@ tokens, or train.batch_tokens where the method runs a batch in parts; the loop r
 the LM head's logits at the target positions, and the runtime (Python, torch, transformers, the tokenizer).
 ACTIVATION_FLOATS was fitted on one config: smollm2-135m, LoRA r16 on all linear layers, bf16 autocast, one
 forward pass of 8 rows of up to 503 tokens (benchmarks/sft_speed.py, which records each estimate beside the
-measured peak: 7,743 vs 7,748 MB); full fine-tuning, fp32 and encoders are not fitted yet.
+measured peak: 7,743 vs 7,748 MB), HEAP_KEPT on the same batches in parts; fp32 and encoders are not fitted yet.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from tunesmith.errors import TunesmithError
 RUNTIME_MB = 700.0
 # floats autograd keeps per token and layer, as multiples of the hidden and the MLP width
 ACTIVATION_FLOATS = {"hidden": 7.5, "mlp": 3.0}
+# A batch run in parts (train.batch_tokens) peaks above one part's activations: glibc's heap keeps about this share
+# of what the rest of the batch would have held, as parts of different lengths come and go. Fitted on
+# benchmarks/sft_speed.py of 2026-12-04 (smollm2-135m, batches of 8 x 512 in parts of 1,024 tokens): LoRA 4,819 MB
+# measured, 4,826 estimated; full fine-tuning 6,112 measured, 6,305 estimated.
+HEAP_KEPT = 0.38
 MB = 1024 * 1024
 
 
@@ -73,10 +78,11 @@ def estimate(cfg: RunConfig, config) -> Footprint:
     trained = _lora_params(s, cfg.lora.r) if cfg.lora else s["params"]
     low = t.precision != "fp32"  # auto may choose bf16: the upper bound
     per_float = 4 + (2 if low else 0)  # autocast keeps a 16-bit copy beside most fp32 activations
-    tokens = t.batch_size * t.max_length
+    tokens = whole = t.batch_size * t.max_length
     budget = token_budget(t.batch_tokens, pick_device(t.device).type)
     if budget and "train.batch_tokens" in methods.get(cfg.method).options:  # the method runs a batch in parts
-        tokens = min(tokens, max(budget, t.max_length))
+        part = min(whole, max(budget, t.max_length))
+        tokens = part + HEAP_KEPT * (whole - part)
     per_token = ACTIVATION_FLOATS["hidden"] * s["d"] + ACTIVATION_FLOATS["mlp"] * s["f"]
     if not causal:
         per_token += s["heads"] * t.max_length  # encoders: attention probabilities (dropout needs the math path)

@@ -147,7 +147,8 @@ class TrainConfig(Strict):
     packing: bool = False  # causal LMs: several examples per max_length sequence, attending only within themselves
     # Causal LMs: the most tokens (rows x padded length) one forward pass holds. A batch above it runs in parts whose
     # gradients add up to the same update, so activation memory follows this, not batch_size. auto: 1024 on a CPU
-    # (smollm2-135m LoRA, batch 8 of ~500 tokens: peak RSS 6.6 -> 3.9 GB at 0.95x the speed), no split on a GPU.
+    # (smollm2-135m LoRA, batches of 8 of up to 512 tokens: peak RSS 8.2 -> 4.1 GB at 0.77x the speed; 2048: 5.4 GB
+    # at 0.92x; benchmarks/sft_levers.py), no split on a GPU.
     batch_tokens: int | Literal["auto"] | None = "auto"
     loss_on: Literal["replies", "all"] = "replies"  # chat data: the assistant's replies only, or every token
     early_stopping: EarlyStopping | None = None

@@ -26,7 +26,7 @@ ACTIVATION_FLOATS = {"hidden": 7.5, "mlp": 3.0}
 # A batch run in parts (train.batch_tokens) peaks above one part's activations: glibc's heap keeps about this share
 # of what the rest of the batch would have held, as parts of different lengths come and go. Fitted on
 # benchmarks/sft_speed.py of 2026-12-04 (smollm2-135m, batches of 8 x 512 in parts of 1,024 tokens): LoRA 4,819 MB
-# measured, 4,826 estimated; full fine-tuning 6,112 measured, 6,305 estimated.
+# measured, 4,824 estimated; full fine-tuning 6,112 measured, 6,302 estimated.
 HEAP_KEPT = 0.38
 MB = 1024 * 1024
 

@@ -14,6 +14,7 @@ part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's m
 
     .venv/bin/python benchmarks/sft_levers.py          # about 45 minutes on 2 cores
     .venv/bin/python benchmarks/sft_levers.py --variants 4 6 7 8 --no-scaling   # those levers only (VARIANTS' order)
+    .venv/bin/python benchmarks/sft_levers.py --no-levers --steps 4 --out benchmarks/results/sft_scaling.json
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--variants", type=int, nargs="+", help="indices into VARIANTS; default all, then the chunked loss")
     ap.add_argument("--no-scaling", action="store_true", help="skip the sequence-length scaling table")
+    ap.add_argument("--no-levers", action="store_true", help="the scaling table only")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -130,10 +132,10 @@ def main() -> None:
     if not data.exists():
         raise SystemExit(f"missing {data}: this benchmark needs ../shared/data/dialogsum (or --data DIR)")
     results = []
-    for v in [VARIANTS[i] for i in a.variants] if a.variants else VARIANTS:
+    for v in [] if a.no_levers else [VARIANTS[i] for i in a.variants] if a.variants else VARIANTS:
         results.append(v | child(v | {"data": str(data), "steps": a.steps}))
         print(results[-1], flush=True)
-    if not a.variants:
+    if not a.variants and not a.no_levers:
         fastest = max(results, key=lambda r: r["tokens_per_s"])
         chunked = {k: fastest[k] for k in ("precision", "dropout")} | {"chunked": True}
         results.append(chunked | child(chunked | {"data": str(data), "steps": a.steps}))
@@ -147,7 +149,7 @@ def main() -> None:
             scaling.append(v | got | {"estimated_peak_mb": round(estimate_mb(v | {"data": str(data)}))})
             print(scaling[-1], flush=True)
     out = {"machine": {"cores": os.cpu_count(), "loadavg_at_start": os.getloadavg()}, "steps": a.steps,
-           "variants_run": a.variants or "all", "scaling_run": not a.no_scaling,
+           "variants_run": [] if a.no_levers else a.variants or "all", "scaling_run": not a.no_scaling,
            "levers": results, "scaling": scaling}  # fmt: skip
     a.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {a.out}")

@@ -49,6 +49,8 @@ bench: install
 	$(BIN)/python benchmarks/fewshot.py
 	$(BIN)/python benchmarks/continual.py
 	$(BIN)/python benchmarks/sft_speed.py
+	$(BIN)/python benchmarks/sft_levers.py
+	$(BIN)/python benchmarks/activations.py
 
 clean:
 	rm -rf $(VENV) runs

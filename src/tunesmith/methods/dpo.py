@@ -30,7 +30,7 @@ from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
 from tunesmith.models.saved import save_merged
-from tunesmith.train.batches import order_batches, split_by_tokens
+from tunesmith.train.batches import order_batches, splitter
 from tunesmith.train.loop import Batch, Task, fit
 
 
@@ -152,10 +152,9 @@ def make_task(model: torch.nn.Module, pairs: dict[str, Pairs], cfg: RunConfig) -
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         return scores(split_logprobs(m, val, t.batch_size, mean), val.ref, dpo)
 
-    def split(rows: np.ndarray, budget: int) -> list[np.ndarray]:  # each pair's loss is its own: parts add up
-        return split_by_tokens(rows, train.lengths, budget)
-
-    return Task(model=model, batches=batches, loss=loss, collate=train.collate, setup=setup, split=split,
+    # each pair's loss is its own, so a batch's parts add up to it
+    return Task(model=model, batches=batches, loss=loss, collate=train.collate, setup=setup,
+                split=splitter(train.lengths),
                 evaluate=evaluate if val is not None and len(val) else None)  # fmt: skip
 
 

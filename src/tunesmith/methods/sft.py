@@ -25,7 +25,7 @@ from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
 from tunesmith.models.saved import save_merged
-from tunesmith.train.batches import order_batches, split_by_tokens
+from tunesmith.train.batches import order_batches, splitter
 from tunesmith.train.loop import Task, fit
 
 
@@ -44,7 +44,7 @@ def make_task(model: torch.nn.Module, tokens: Tokens, val: Tokens | None, cfg: R
         batches=batches,
         loss=token_loss,
         collate=train.collate,
-        split=lambda rows, budget: split_by_tokens(rows, train.lengths, budget),
+        split=splitter(train.lengths),
         evaluate=evaluate if val is not None and len(val) else None,
         minimise=("loss", "perplexity"),
     )

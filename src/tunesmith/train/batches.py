@@ -3,6 +3,8 @@ batch cut into parts that bound the tokens of one forward pass."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -43,3 +45,8 @@ def split_by_tokens(rows: np.ndarray, lengths: np.ndarray, budget: int) -> list[
         parts.append(order[at : at + take])
         at += take
     return parts
+
+
+def splitter(lengths: np.ndarray) -> Callable[[np.ndarray, int], list[np.ndarray]]:
+    """Task.split for a method whose plan items are rows of these lengths and whose loss is a sum over rows."""
+    return lambda rows, budget: split_by_tokens(rows, lengths, budget)

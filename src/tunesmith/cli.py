@@ -94,6 +94,105 @@ def train(
 
 @app.command()
 @user_errors
+def serve(
+    runs: Annotated[list[str], typer.Argument(help="Runs to serve (name, registry id or folder); the model field.")],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="TUNESMITH_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /healthz)."),
+    ] = None,
+    log_text: Annotated[bool, typer.Option(help="Also log request and reply texts, anonymised.")] = False,
+    retention_days: Annotated[float, typer.Option(help="Drop request records older than this (0: keep all).")] = 30.0,
+    store: Annotated[Path | None, typer.Option(help="SQLite file of requests and feedback.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Rows generated together.")] = 32,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting per model before 429.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="The most new tokens a request may ask for.")] = 512,
+):
+    """Serve runs over an OpenAI-compatible HTTP API (chat, completions, embeddings, classify, feedback, metrics)."""
+    api = _api()
+    options = {"api_key": api_key, "log_text": log_text, "retention_days": retention_days or None, "store": store,
+               "max_batch": max_batch, "max_queue": max_queue, "max_tokens": max_tokens}  # fmt: skip
+    app_ = api.serve_app(runs, **options)
+    err.print(
+        f"serving {', '.join(app_.state.served)} on http://{host}:{port} (OpenAI base URL: http://{host}:{port}/v1)"
+    )
+    api.serve(app_, host=host, port=port)
+
+
+feedback_app = typer.Typer(help="What users said about served runs.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+SERVER_HELP = "The running server's base URL."
+KEY_HELP = "The server's API key."
+
+
+@feedback_app.command("export")
+@user_errors
+def feedback_export(
+    run: Annotated[str, typer.Argument(help="The served run (name, registry id or folder).")],
+    to: Annotated[Path, typer.Option(help="JSONL file to write the training rows to.")],
+    store: Annotated[Path | None, typer.Option(help="The server's SQLite store (default: beside the run).")] = None,
+    shape: Annotated[
+        str | None, typer.Option(help="classify; or for a chat run feedback (KTO, default), preference.")
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="Fraction of rows held out for the gate.")] = 0.0,
+    holdout_to: Annotated[Path | None, typer.Option(help="JSONL file for the held-out rows.")] = None,
+):
+    """Turn a served run's feedback into training data: corrected labels, preference pairs or KTO rows."""
+    counts = _api().export_feedback(run, to, store=store, shape=shape, holdout=holdout, holdout_to=holdout_to)
+    out.print(f"{counts['rows']} {counts['shape']} rows -> {counts['to']}" + (
+        f", {counts['holdout_rows']} held out -> {counts['holdout_to']}" if counts["holdout_to"] else ""))  # fmt: skip
+    for reason, n in counts["skipped"].items():
+        out.print(f"  skipped {n}: {reason}")
+
+
+@app.command()
+@user_errors
+def gate(
+    new: Annotated[str, typer.Argument(help="The retrained run.")],
+    against: Annotated[str, typer.Option(help="The run served now.")],
+    feedback: Annotated[Path, typer.Option(help="Held-out feedback rows (feedback export --holdout-to).")],
+    tolerance: Annotated[float, typer.Option(help="How much worse on the old test set is still a pass.")] = 0.01,
+):
+    """Check that NEW may replace the served run: no worse on its test set, better on held-out feedback."""
+    result = _api().gate(new, against, feedback, tolerance=tolerance)
+    for where, scores in result["accuracy"].items():
+        out.print(f"{where}: new {scores['new']:.4f}, served {scores['served']:.4f}")
+    out.print("gate passed" if result["passed"] else f"gate failed: {result['why']}")
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def promote(
+    run: Annotated[str, typer.Argument(help="The run to serve.")],
+    server: Annotated[str, typer.Option(help=SERVER_HELP)] = "http://127.0.0.1:8000",
+    model: Annotated[str | None, typer.Option(help="The served name to switch (default: the run's name).")] = None,
+    force: Annotated[bool, typer.Option(help="Promote even without a passed gate.")] = False,
+    api_key: Annotated[str | None, typer.Option(envvar="TUNESMITH_API_KEY", help=KEY_HELP)] = None,
+):
+    """Switch a running server to RUN, with no request failing; only after its gate passed (or --force)."""
+    r = _api().promote(run, server, model=model, force=force, api_key=api_key)
+    out.print(f"{r['model']} now serves {r['version']} (was {r['previous']})")
+
+
+@app.command()
+@user_errors
+def rollback(
+    model: Annotated[str, typer.Argument(help="The served name.")],
+    server: Annotated[str, typer.Option(help=SERVER_HELP)] = "http://127.0.0.1:8000",
+    api_key: Annotated[str | None, typer.Option(envvar="TUNESMITH_API_KEY", help=KEY_HELP)] = None,
+):
+    """Serve again what MODEL served before its last promotion."""
+    r = _api().rollback(model, server, api_key=api_key)
+    out.print(f"{r['model']} now serves {r['version']} (was {r['previous']})")
+
+
+@app.command()
+@user_errors
 def prepare(
     config: Annotated[Path, typer.Argument(help="YAML config; only its data section (and train.seed) is used.")],
     set_: Annotated[

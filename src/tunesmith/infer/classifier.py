@@ -102,6 +102,22 @@ class Classifier:
         """(N, labels) probabilities after the temperature fitted on validation."""
         return softmax(predict_logits(self.model, self.encode(texts)), self.meta["temperature"])
 
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(N, hidden) unit-length mean-pooled embeddings from the fine-tuned encoder under the head."""
+        data = self.encode(texts)
+        encoder = _encoder(self.model)
+        device = next(encoder.parameters()).device
+        out = np.zeros((len(data), encoder.config.hidden_size), dtype=np.float32)
+        for at in range(0, len(data), batch_size):
+            idx = np.arange(at, min(at + batch_size, len(data)))
+            b = data.collate(idx)
+            mask = b["attention_mask"].to(device)
+            hidden = encoder(input_ids=b["input_ids"].to(device), attention_mask=mask).last_hidden_state
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return out
+
     def predict(self, texts: list[str], top_k: int | None = None) -> list[dict]:
         """Label, calibrated confidence and per-label probabilities (the top_k most likely) for each text."""
         out = []
@@ -109,3 +125,12 @@ class Classifier:
             ranked = sorted(zip(self.labels, p.tolist()), key=lambda kv: -kv[1])[: top_k or len(p)]
             out.append({"label": ranked[0][0], "confidence": ranked[0][1], "probs": dict(ranked)})
         return out
+
+
+def _encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer under a classification head: a pooled classifier's, a LoRA model's base, or the model's own."""
+    if hasattr(model, "encoder") and hasattr(model, "pooling"):
+        return model.encoder
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model.base_model

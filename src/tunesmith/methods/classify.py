@@ -27,8 +27,34 @@ from tunesmith.methods import Method
 from tunesmith.models import zoo
 from tunesmith.models.build import HEAD_NAMES, build_classifier, freeze_embeddings
 from tunesmith.models.saved import CLASSIFIER, load_classifier, save_model
-from tunesmith.train.batches import order_batches
+from tunesmith.train.batches import order_batches, splitter
 from tunesmith.train.loop import Batch, Task, fit
+
+VAL_ROWS_IN_TRAINING = 2000  # validation during training (early stopping) scores at most this many rows
+LARGE_TRAIN = 32_000  # rows: 1,000 steps of 32 per epoch
+EVALS_PER_EPOCH = 6
+
+
+def recipe(cfg: RunConfig, data: dict) -> dict:
+    """The default recipe, by the size of the prepared training split (the keys a config sets are kept).
+
+    - Every set with validation rows: validate 6 times an epoch and stop once macro-F1 has not improved for 3
+      validations, keeping the best weights: training ends when the model stops getting better.
+    - Large sets (>= 32,000 rows): batches of 128 at twice the learning rate (1e-4), for one epoch. A step's fixed
+      cost (the optimiser over every weight, clipping) is then shared by 4x the rows: minilm-l6 on SST-2 on a
+      2-core CPU ran 250 examples/s against 153 with batches of 32. train.batch_tokens (1,024 on a CPU) runs a
+      batch in parts, so activation memory stays that of a batch of about 32 rows.
+    """
+    rows = data["rows"]
+    train, val = rows.get("train", 0), rows.get("val", 0)
+    out: dict = {}
+    if train >= LARGE_TRAIN:
+        out |= {"train.batch_size": 128, "train.lr": 2 * cfg.train.lr, "train.epochs": 1.0}
+    if val:
+        batch = out.get("train.batch_size", cfg.train.batch_size) * cfg.train.grad_accum
+        steps = -(-train // batch)
+        out |= {"train.early_stopping": {"patience": 3}, "train.eval_every": max(10, steps // EVALS_PER_EPOCH)}
+    return out
 
 
 def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: RunConfig) -> Task:
@@ -41,6 +67,9 @@ def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: 
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, C)
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
+    if val is not None and len(val) > VAL_ROWS_IN_TRAINING:  # a seeded sample: validation stays a small cost
+        val = val.subset(np.sort(np.random.default_rng(t.seed).choice(len(val), VAL_ROWS_IN_TRAINING, replace=False)))
+
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         logits = predict_logits(m, val, batch_size=max(t.batch_size, 64))
         return logit_metrics(logits, val.labels)
@@ -50,6 +79,7 @@ def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: 
         batches=batches,
         loss=loss,
         collate=train.collate,
+        split=splitter(train.lengths),
         evaluate=evaluate if val is not None and len(val) else None,
         head_names=HEAD_NAMES,
     )
@@ -256,9 +286,10 @@ METHODS = (
         scores=(("accuracy", False), ("macro_f1", False), ("ece", True), ("ece_calibrated", True)),
         val_metrics=("macro_f1", "accuracy", "loss"),
         headline=("accuracy", "macro_f1"),
-        options=frozenset({"train.head_lr", "eval.calibrate", "eval.bins", *continual.OPTIONS}),
+        options=frozenset({"train.head_lr", "train.batch_tokens", "eval.calibrate", "eval.bins", *continual.OPTIONS}),
         curve=("accuracy", "macro_f1"),
         figures=("confusion", "reliability"),
         evaluate=evaluate,
+        recipe=recipe,
     ),
 )

@@ -185,7 +185,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
                 if task.evaluate and (step % eval_every == 0 or step == total):
                     _evaluate(task, model, state, cfg, log, progress, ckpt_dir)
-                    clock = time.perf_counter()  # validation is not training time
+                    state.eval_seconds += time.perf_counter() - clock  # validation is not training time
+                    clock = time.perf_counter()
                 if step % cfg.checkpoint_every == 0 and step < total:
                     save_checkpoint(ckpt_dir, model, optimizer, state.to_dict(), cfg.keep_checkpoints)
                     release_freed_memory()  # the serialisation buffers (weights + optimiser) were just freed
@@ -209,6 +210,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         best=state.best_metrics,
         last_eval=state.last_eval,
         stopped_early=state.stopped_early,
+        eval_seconds=state.eval_seconds,
     )
 
 

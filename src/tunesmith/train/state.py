@@ -14,6 +14,7 @@ class LoopState:
     tokens: int = 0  # input tokens computed (batches that count them: causal LMs)
     target_tokens: int = 0  # of those, the tokens that carry a loss
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0  # validation during training: not in train_seconds
     precision: str = "fp32"
     best: float | None = None  # best value of the early-stopping metric
     best_metrics: dict | None = None  # the validation metrics of that evaluation, with its step
@@ -39,6 +40,7 @@ class FitResult:
     best: dict | None = None  # validation metrics of the restored best evaluation
     last_eval: dict | None = None
     stopped_early: bool = False
+    eval_seconds: float = 0.0
 
     @property
     def examples_per_s(self) -> float:
@@ -55,6 +57,7 @@ class FitResult:
             "epochs": round(self.epochs_done, 3),
             "examples": self.examples,
             "seconds": round(self.train_seconds, 2),
+            "eval_seconds": round(self.eval_seconds, 2),
             "examples_per_s": round(self.examples_per_s, 2),
             **({"tokens_per_s": round(self.tokens_per_s, 2)} if self.tokens else {}),
             "precision": self.precision,

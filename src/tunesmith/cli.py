@@ -158,7 +158,7 @@ def gate(
 ):
     """Check that NEW may replace the served run: no worse on its test set, better on held-out feedback."""
     result = _api().gate(new, against, feedback, tolerance=tolerance)
-    for where, scores in result["accuracy"].items():
+    for where, scores in result[result["metric"]].items():
         out.print(f"{where}: new {scores['new']:.4f}, served {scores['served']:.4f}")
     out.print("gate passed" if result["passed"] else f"gate failed: {result['why']}")
     if not result["passed"]:

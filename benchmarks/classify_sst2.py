@@ -10,10 +10,9 @@ must reach HF Trainer's mean dev accuracy (within 0.002) in at most 1/1.5 of its
   random/group_by_length sampling) is timed on a short probe (60 optimiser steps), and the fastest runs the seeds.
   Every probe's throughput is recorded. Its seconds are Trainer's train_runtime.
 - tunesmith runs its own defaults: only the model, the data files and the seed are given, and deduplication is
-  off so that it reads the very rows HF Trainer reads (SST-2's train set repeats many phrases). Its recipe
-  (methods/classify.py: recipe) holds a validation split out of the training rows, validates during training and
-  stops when the validation score plateaus; on a large set it uses batches of 128. Its seconds are the training
-  loop's plus the validations' (which serve its stopping), so nothing it does to train goes uncounted.
+  off so that it reads the very rows HF Trainer reads (SST-2's train set repeats many phrases); its default
+  validation split (10%) comes out of those rows. Its seconds are the training loop's plus its validations'
+  (which a recipe that stops early needs), so nothing it does to train goes uncounted.
 
 Each run is a child process (this script re-invoked with --side), so that a side's peak RSS is its own:
 the parent reads it from os.wait4. The parent imports neither torch nor transformers, because a child

@@ -135,7 +135,7 @@ def feedback_export(
     to: Annotated[Path, typer.Option(help="JSONL file to write the training rows to.")],
     store: Annotated[Path | None, typer.Option(help="The server's SQLite store (default: beside the run).")] = None,
     shape: Annotated[
-        str | None, typer.Option(help="classify; or for a chat run feedback (KTO, default), preference.")
+        str | None, typer.Option(help="classify; for a chat run: feedback (KTO, default), preference or chat.")
     ] = None,
     holdout: Annotated[float, typer.Option(help="Fraction of rows held out for the gate.")] = 0.0,
     holdout_to: Annotated[Path | None, typer.Option(help="JSONL file for the held-out rows.")] = None,

@@ -5,8 +5,8 @@ refuses a run that has not passed it (unless forced).
 - classifiers: accuracy on the test split (at most `tolerance` lower) and on held-out labelled feedback rows;
 - causal LMs: the mean loss per reply token on the test split (at most `tolerance` x 100% higher), and agreement
   with held-out feedback: KTO rows (prompt, completion, label) score the mean per-token log-prob of desirable
-  completions minus that of undesirable ones; preference rows (prompt, chosen, rejected) the share of pairs
-  whose chosen reply is the likelier (per token).
+  completions minus that of undesirable ones (chat rows: their last reply, desirable); preference rows (prompt,
+  chosen, rejected) the share of pairs whose chosen reply is the likelier (per token).
 """
 
 from __future__ import annotations
@@ -100,11 +100,14 @@ def _feedback_rows(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise TunesmithError(f"{path}:{n}: not JSON ({err.msg})") from None
+        if isinstance(row.get("messages"), list) and row["messages"]:  # a chat row: its last reply is desirable
+            *head, last = row["messages"]
+            row = {"prompt": head, "completion": last.get("content", ""), "label": True}
         prompt = row.get("prompt")
         turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if not turns or not ({"completion", "label"} <= row.keys() or {"chosen", "rejected"} <= row.keys()):
             raise TunesmithError(f"{path}:{n}: a chat run's feedback rows have prompt with completion and label "
-                                 "(KTO) or with chosen and rejected (preference)")  # fmt: skip
+                                 "(KTO), prompt with chosen and rejected (preference), or messages (chat)")  # fmt: skip
         out.append(row | {"prompt": turns})
     if not out:
         raise TunesmithError(f"{path}: no feedback rows")

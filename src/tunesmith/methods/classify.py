@@ -30,32 +30,6 @@ from tunesmith.models.saved import CLASSIFIER, load_classifier, save_model
 from tunesmith.train.batches import order_batches, splitter
 from tunesmith.train.loop import Batch, Task, fit
 
-VAL_ROWS_IN_TRAINING = 2000  # validation during training (early stopping) scores at most this many rows
-LARGE_TRAIN = 32_000  # rows: 1,000 steps of 32 per epoch
-EVALS_PER_EPOCH = 6
-
-
-def recipe(cfg: RunConfig, data: dict) -> dict:
-    """The default recipe, by the size of the prepared training split (the keys a config sets are kept).
-
-    - Every set with validation rows: validate 6 times an epoch and stop once macro-F1 has not improved for 3
-      validations, keeping the best weights: training ends when the model stops getting better.
-    - Large sets (>= 32,000 rows): batches of 128 at twice the learning rate (1e-4), for one epoch. A step's fixed
-      cost (the optimiser over every weight, clipping) is then shared by 4x the rows: minilm-l6 on SST-2 on a
-      2-core CPU ran 250 examples/s against 153 with batches of 32. train.batch_tokens (1,024 on a CPU) runs a
-      batch in parts, so activation memory stays that of a batch of about 32 rows.
-    """
-    rows = data["rows"]
-    train, val = rows.get("train", 0), rows.get("val", 0)
-    out: dict = {}
-    if train >= LARGE_TRAIN:
-        out |= {"train.batch_size": 128, "train.lr": 2 * cfg.train.lr, "train.epochs": 1.0}
-    if val:
-        batch = out.get("train.batch_size", cfg.train.batch_size) * cfg.train.grad_accum
-        steps = -(-train // batch)
-        out |= {"train.early_stopping": {"patience": 3}, "train.eval_every": max(10, steps // EVALS_PER_EPOCH)}
-    return out
-
 
 def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: RunConfig) -> Task:
     t = cfg.train
@@ -66,9 +40,6 @@ def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: 
     def loss(m: torch.nn.Module, batch: Batch) -> torch.Tensor:
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, C)
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-
-    if val is not None and len(val) > VAL_ROWS_IN_TRAINING:  # a seeded sample: validation stays a small cost
-        val = val.subset(np.sort(np.random.default_rng(t.seed).choice(len(val), VAL_ROWS_IN_TRAINING, replace=False)))
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         logits = predict_logits(m, val, batch_size=max(t.batch_size, 64))
@@ -290,6 +261,5 @@ METHODS = (
         curve=("accuracy", "macro_f1"),
         figures=("confusion", "reliability"),
         evaluate=evaluate,
-        recipe=recipe,
     ),
 )

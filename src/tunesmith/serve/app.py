@@ -194,12 +194,16 @@ def create_app(
             job.cancelled = True
             raise
 
+    async def encoder_call(body, kind: str, endpoint: str, prefix: str, what: str):
+        """A classifier run's texts through its worker: the model, request id, log row and one result per text."""
+        model = pick(body.model, CLASSIFIER, what)
+        rid = f"{prefix}-{uuid.uuid4().hex}"
+        log = _log_row(rid, endpoint, model, body.texts if log_text else None, None)
+        return model, rid, log, await run_texts(model, kind, body.texts, "input")
+
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):
-        model = pick(body.model, CLASSIFIER, "classification")
-        rid = f"clf-{uuid.uuid4().hex}"
-        log = _log_row(rid, "classify", model, body.texts if log_text else None, None)
-        results = await run_texts(model, "classify", body.texts, "input")
+        model, rid, log, results = await encoder_call(body, "classify", "classify", "clf", "classification")
         data = []
         for i, r in enumerate(results):
             probs = dict(sorted(r["probs"].items(), key=lambda kv: -kv[1])[: body.top_k or len(r["probs"])])
@@ -211,10 +215,7 @@ def create_app(
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
-        model = pick(body.model, CLASSIFIER, "embeddings")
-        rid = f"embd-{uuid.uuid4().hex}"
-        log = _log_row(rid, "embeddings", model, body.texts if log_text else None, None)
-        vectors = await run_texts(model, "embed", body.texts, "input")
+        model, rid, log, vectors = await encoder_call(body, "embed", "embeddings", "embd", "embeddings")
         tokens = sum(len(model.classifier.tokenizer(t)["input_ids"]) for t in body.texts)
         await record(log | {"latency_ms": _ms(log["time"]), "status": 200, "prompt_tokens": tokens})
         data = [{"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}

@@ -5,7 +5,9 @@
 - a chat run, shape `feedback` (KTO): each rated reply becomes (prompt, completion, label), up or 4-5 desirable,
   down or 1-2 not; a preferred response is a desirable completion too;
 - a chat run, shape `preference` (DPO): each preferred response becomes (prompt, chosen=preferred,
-  rejected=the reply served).
+  rejected=the reply served);
+- a chat run, shape `chat` (SFT, which can continue from the served run with replay): each reply rated up (or 4-5)
+  and each preferred response becomes a conversation ending in that reply.
 
 The texts are those the server logged (it logs them only with --log-text, anonymised); a preferred response is
 anonymised here. Rows whose text is in the run's own test split are dropped, so that the next round's test
@@ -28,7 +30,7 @@ from tunesmith.models.saved import CLASSIFIER, read_meta
 from tunesmith.serve.served import served_name
 from tunesmith.serve.store import Store
 
-SHAPES = ("classify", "feedback", "preference")
+SHAPES = ("classify", "feedback", "preference", "chat")
 
 
 def export_feedback(
@@ -48,7 +50,7 @@ def export_feedback(
     kind_shape = "classify" if meta["kind"] == CLASSIFIER else "feedback"
     shape = shape or kind_shape
     if shape not in SHAPES or (shape == "classify") != (kind_shape == "classify"):
-        allowed = ["classify"] if kind_shape == "classify" else ["feedback", "preference"]
+        allowed = ["classify"] if kind_shape == "classify" else ["feedback", "preference", "chat"]
         raise TunesmithError(f"--shape {shape}: a {meta['kind']} run's feedback exports as {' or '.join(allowed)}")
     if not 0.0 <= holdout < 1.0:
         raise TunesmithError(f"--holdout {holdout}: a fraction from 0 to below 1")
@@ -91,7 +93,7 @@ def _rows(feedback: list[dict], shape: str, skipped: Counter) -> list[dict]:
             skipped[made] += 1
             continue
         for row in made:
-            out[json.dumps([row.get("text"), row.get("prompt"), row.get("completion"), row.get("chosen")])] = row
+            out[json.dumps(row, sort_keys=True)] = row
     return list(out.values())
 
 
@@ -111,6 +113,11 @@ def _chat(f: dict, turns: list[dict], shape: str, good: bool, bad: bool, anonymi
         if not preferred or f["reply"] is None:
             return "no preferred response"
         return [{"prompt": turns, "chosen": preferred, "rejected": f["reply"]}]
+    if shape == "chat":
+        replies = ([f["reply"]] if good and f["reply"] is not None else []) + ([preferred] if preferred else [])
+        return [{"messages": [*turns, {"role": "assistant", "content": r}]} for r in replies] or (
+            "no reply rated up and no preferred response"
+        )
     rows = []
     if (good or bad) and f["reply"] is not None:
         rows.append({"prompt": turns, "completion": f["reply"], "label": good})
@@ -135,7 +142,10 @@ def _not_in_test(rows: list[dict], run_dir: Path, shape: str, skipped: Counter) 
     test = _test_texts(run_dir)
     kept = []
     for row in rows:
-        text = row["text"] if shape == "classify" else next(t["content"] for t in reversed(row["prompt"]))
+        turns = row.get("prompt") or row.get("messages", [])
+        text = (
+            row["text"] if shape == "classify" else next(t["content"] for t in reversed(turns) if t["role"] == "user")
+        )
         if _key(text) in test:
             skipped["in the run's test split"] += 1
         else:

@@ -34,6 +34,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fastapi import Request  # at module level: FastAPI resolves the endpoint's annotations here
+
 MODEL = "smollm2-135m-instruct"
 LEVELS = (1, 8, 32)
 OUT = Path(__file__).resolve().parent / "results" / "serve_load.json"
@@ -50,7 +52,7 @@ def prompt(i: int) -> list[dict]:
 
 def baseline_app(model_dir: str, mode: str):
     import torch
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
@@ -85,12 +87,14 @@ def baseline_app(model_dir: str, mode: str):
                 if lock:
                     lock.release()
 
-        threading.Thread(target=work, daemon=True).start()
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
 
         def events():
             for piece in streamer:
                 if piece:
                     yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
+            worker.join()
             yield f"data: {json.dumps({'choices': [], 'usage': {'completion_tokens': count.get('tokens', 0)}})}\n\n"
             yield "data: [DONE]\n\n"
 

@@ -145,11 +145,11 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     group_by_length: bool = True  # batches of similar length: far less padding
     packing: bool = False  # causal LMs: several examples per max_length sequence, attending only within themselves
-    # Causal LMs and classifiers: the most tokens (rows x padded length) one forward pass holds. A batch above it runs in parts whose
-    # gradients add up to the same update, so activation memory follows this, not batch_size. auto: 1024 on a CPU
-    # (smollm2-135m LoRA, batches of 8 of up to 512 tokens: peak RSS 8.2 -> 4.1 GB at 0.77x the speed; 2048: 5.4 GB
-    # at 0.92x; benchmarks/sft_levers.py; minilm-l6 batches of 128 on SST-2: 250 examples/s in parts against 191
-    # whole, peak RSS 1.75 vs 2.14 GB), no split on a GPU.
+    # Causal LMs and classifiers: the most tokens (rows x padded length) one forward pass holds. A batch above it
+    # runs in parts whose gradients add up to the same update, so activation memory follows this, not batch_size.
+    # auto: 1024 on a CPU (smollm2-135m LoRA, batches of 8 of up to 512 tokens: peak RSS 8.2 -> 4.1 GB at 0.77x the
+    # speed; 2048: 5.4 GB at 0.92x; benchmarks/sft_levers.py; minilm-l6, batches of 128 of 12,000 SST-2 rows, 40
+    # steps: 250 examples/s in parts against 191 whole, peak RSS 1.75 vs 2.14 GB), no split on a GPU.
     batch_tokens: int | Literal["auto"] | None = "auto"
     loss_on: Literal["replies", "all"] = "replies"  # chat data: the assistant's replies only, or every token
     early_stopping: EarlyStopping | None = None

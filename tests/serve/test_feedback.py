@@ -24,7 +24,7 @@ def test_feedback_is_stored_against_its_request(server):
     logged = con.execute(
         "SELECT endpoint, prediction, confidence, prompt FROM requests WHERE id = ?", (rid,)
     ).fetchone()
-    assert logged[0] == "classify" and json.loads(logged[1]) == [r.json()["data"][0]["label"]]
+    assert logged[0] == "classification" and json.loads(logged[1]) == [r.json()["data"][0]["label"]]
     assert logged[2] == r.json()["data"][0]["confidence"] and logged[3] is None  # no text without --log-text
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -52,8 +52,8 @@ def test_bad_feedback_names_the_field(server):
 def test_metrics_count_requests_and_feedback(server):
     post(server, "/v1/classify", {"model": "clf", "input": ["one", "two"]})
     text = httpx.get(server.url + "/metrics").text
-    assert 'tunesmith_requests_total{endpoint="classify",model="clf",status="200"}' in text
+    assert 'tunesmith_requests_total{endpoint="classification",model="clf",status="200"}' in text
     assert 'tunesmith_queue_depth{model="chat"} 0.0' in text
     assert "tunesmith_request_seconds_bucket" in text and 'tunesmith_drift_flagged{model="clf"}' in text
-    count = [ln for ln in text.splitlines() if ln.startswith('tunesmith_requests_total{endpoint="classify"')]
+    count = [ln for ln in text.splitlines() if ln.startswith('tunesmith_requests_total{endpoint="classification"')]
     assert float(count[0].split()[-1]) >= 2

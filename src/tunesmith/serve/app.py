@@ -203,7 +203,7 @@ def create_app(
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):
-        model, rid, log, results = await encoder_call(body, "classify", "classify", "clf", "classification")
+        model, rid, log, results = await encoder_call(body, "label", "classification", "clf", "classification")
         data = []
         for i, r in enumerate(results):
             probs = dict(sorted(r["probs"].items(), key=lambda kv: -kv[1])[: body.top_k or len(r["probs"])])

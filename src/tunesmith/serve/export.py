@@ -31,6 +31,7 @@ from tunesmith.serve.served import served_name
 from tunesmith.serve.store import Store
 
 SHAPES = ("classify", "feedback", "preference", "chat")
+LABELLED, KTO = SHAPES[0], SHAPES[1]  # a classifier's rows; a chat run's default
 
 
 def export_feedback(
@@ -47,10 +48,10 @@ def export_feedback(
     held-out feedback). Returns the counts."""
     run_dir = model_dir(run).parent
     meta = read_meta(run_dir / "model")
-    kind_shape = "classify" if meta["kind"] == CLASSIFIER else "feedback"
+    kind_shape = LABELLED if meta["kind"] == CLASSIFIER else KTO
     shape = shape or kind_shape
-    if shape not in SHAPES or (shape == "classify") != (kind_shape == "classify"):
-        allowed = ["classify"] if kind_shape == "classify" else ["feedback", "preference", "chat"]
+    if shape not in SHAPES or (shape == LABELLED) != (kind_shape == LABELLED):
+        allowed = [LABELLED] if kind_shape == LABELLED else list(SHAPES[1:])
         raise TunesmithError(f"--shape {shape}: a {meta['kind']} run's feedback exports as {' or '.join(allowed)}")
     if not 0.0 <= holdout < 1.0:
         raise TunesmithError(f"--holdout {holdout}: a fraction from 0 to below 1")
@@ -79,7 +80,7 @@ def export_feedback(
 
 
 def _rows(feedback: list[dict], shape: str, skipped: Counter) -> list[dict]:
-    anonymise = _anonymiser() if shape != "classify" and any(f["preferred"] for f in feedback) else None
+    anonymise = _anonymiser() if shape != LABELLED and any(f["preferred"] for f in feedback) else None
     out: dict[str, dict] = {}  # by text: the latest feedback wins
     for f in sorted(feedback, key=lambda f: f["time"]):
         if f["prompt"] is None:
@@ -88,7 +89,7 @@ def _rows(feedback: list[dict], shape: str, skipped: Counter) -> list[dict]:
         prompt = json.loads(f["prompt"])
         good = f["thumb"] == 1 or (f["score"] or 0) >= 4
         bad = f["thumb"] == -1 or (f["score"] is not None and f["score"] <= 2)
-        made = _classify(f, prompt, good) if shape == "classify" else _chat(f, prompt, shape, good, bad, anonymise)
+        made = _classify(f, prompt, good) if shape == LABELLED else _chat(f, prompt, shape, good, bad, anonymise)
         if isinstance(made, str):
             skipped[made] += 1
             continue
@@ -143,9 +144,7 @@ def _not_in_test(rows: list[dict], run_dir: Path, shape: str, skipped: Counter) 
     kept = []
     for row in rows:
         turns = row.get("prompt") or row.get("messages", [])
-        text = (
-            row["text"] if shape == "classify" else next(t["content"] for t in reversed(turns) if t["role"] == "user")
-        )
+        text = row["text"] if shape == LABELLED else next(t["content"] for t in reversed(turns) if t["role"] == "user")
         if _key(text) in test:
             skipped["in the run's test split"] += 1
         else:

@@ -103,14 +103,14 @@ def load_all(runs: list[str | Path], limits: Limits) -> dict[str, Served]:
 
 
 def _by_kind(classifier: Classifier, items: list[tuple[str, str]]) -> list:
-    """Text jobs are ("classify" | "embed", text) pairs, so both endpoints share the model's one worker."""
+    """Text jobs are ("label" | "embed", text) pairs, so both endpoints share the model's one worker."""
     out: list = [None] * len(items)
-    for kind in ("classify", "embed"):
+    for kind in ("label", "embed"):
         at = [i for i, (k, _) in enumerate(items) if k == kind]
         if not at:
             continue
         texts = [items[i][1] for i in at]
-        results = classifier.predict(texts) if kind == "classify" else classifier.embed(texts).tolist()
+        results = classifier.predict(texts) if kind == "label" else classifier.embed(texts).tolist()
         for i, r in zip(at, results):
             out[i] = r
     return out

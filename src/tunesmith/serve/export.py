@@ -99,12 +99,13 @@ def _rows(feedback: list[dict], shape: str, skipped: Counter) -> list[dict]:
 
 
 def _classify(f: dict, texts: list[str], good: bool) -> list[dict] | str:
-    if len(texts) != 1:
-        return "a request of several texts (feedback names no one of them)"
+    if f["item"] is None and len(texts) != 1:
+        return "a request of several texts, and the feedback names none of them (index)"
+    at = f["item"] or 0
     if f["label"] is not None:
-        return [{"text": texts[0], "label": f["label"]}]
+        return [{"text": texts[at], "label": f["label"]}]
     if good and f["prediction"]:
-        return [{"text": texts[0], "label": json.loads(f["prediction"])[0]}]
+        return [{"text": texts[at], "label": json.loads(f["prediction"])[at]}]
     return "no corrected label and no thumbs-up"
 
 

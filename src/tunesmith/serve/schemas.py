@@ -121,6 +121,7 @@ class FeedbackRequest(Body):
     """Feedback on one earlier response, by the id it carried. At least one of the fields after request_id."""
 
     request_id: str = Field(min_length=1, max_length=100)
+    index: int | None = Field(None, ge=0)  # which text of a classify or embeddings request of several
     rating: Literal["up", "down"] | int | None = None
     label: str | None = Field(None, min_length=1)
     preferred: str | None = Field(None, min_length=1)
@@ -143,7 +144,7 @@ class FeedbackRequest(Body):
         thumb = {"up": 1, "down": -1}.get(self.rating) if isinstance(self.rating, str) else None
         score = self.rating if isinstance(self.rating, int) else None
         return {"thumb": thumb, "score": score, "label": self.label, "preferred": self.preferred,
-                "comment": self.comment}  # fmt: skip
+                "comment": self.comment, "item": self.index}  # fmt: skip
 
 
 class PromoteRequest(Body):

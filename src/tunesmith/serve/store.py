@@ -40,10 +40,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     score INTEGER,
     label TEXT,
     preferred TEXT,
-    comment TEXT
+    comment TEXT,
+    item INTEGER
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
 """
+
+EXPIRE_EVERY = 1000  # requests logged between two passes of the retention
 
 REQUEST_FIELDS = (
     "id", "time", "endpoint", "model", "run_path", "status", "latency_ms", "prompt_tokens", "completion_tokens",
@@ -65,6 +68,9 @@ class Store:
         self.con.execute("PRAGMA journal_mode=WAL")
         self.con.execute("PRAGMA synchronous=FULL")
         self.con.executescript(SCHEMA)
+        if "item" not in {r["name"] for r in self.con.execute("PRAGMA table_info(feedback)")}:  # a store of 2026-12-04
+            self.con.execute("ALTER TABLE feedback ADD COLUMN item INTEGER")
+        self.logged = 0
         self.expire()
 
     def log_request(self, row: dict) -> None:
@@ -84,6 +90,9 @@ class Store:
         if row.get("prediction") is not None:
             row["prediction"] = json.dumps(row["prediction"])
         values = [row.get(k) for k in REQUEST_FIELDS]
+        self.logged += 1
+        if self.logged % EXPIRE_EVERY == 0:
+            self.expire()
         with self.lock:
             self.con.execute(
                 f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_FIELDS)}) "
@@ -100,8 +109,8 @@ class Store:
         """Committed before this returns: the id is the acknowledgement."""
         with self.lock:
             cur = self.con.execute(
-                "INSERT INTO feedback (request_id, time, model, thumb, score, label, preferred, comment) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO feedback (request_id, time, model, thumb, score, label, preferred, comment, item) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     time.time(),
@@ -111,6 +120,7 @@ class Store:
                     fields.get("label"),
                     fields.get("preferred"),
                     fields.get("comment"),
+                    fields.get("item"),
                 ),
             )
             return int(cur.lastrowid)

@@ -59,6 +59,8 @@ bench: install
 	$(BIN)/python benchmarks/sft_speed.py
 	$(BIN)/python benchmarks/sft_levers.py
 	$(BIN)/python benchmarks/activations.py
+	$(BIN)/python benchmarks/classify_step.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -29,8 +29,6 @@ GATE_FILE = "gate.json"
 def gate(new: str | Path, served: str | Path, feedback: str | Path, *, tolerance: float = 0.01) -> dict:
     """Scores both runs on the served run's test split and on the held-out feedback (JSONL rows of text, label);
     writes gate.json into the new run's folder and returns it."""
-    from tunesmith.methods.classify import evaluate
-
     new_dir, old_dir = model_dir(new).parent, model_dir(served).parent
     kinds = {read_meta(folder / "model")["kind"] for folder in (new_dir, old_dir)}
     if len(kinds) != 1:
@@ -48,7 +46,7 @@ def gate(new: str | Path, served: str | Path, feedback: str | Path, *, tolerance
         rows = pq.read_table(test, columns=["text", "label"]).to_pylist()
         old_test.write_text("".join(json.dumps(r) + "\n" for r in rows))
         scores = {
-            where: {who: _accuracy(evaluate, run, data) for who, run in (("new", new_dir), ("served", old_dir))}
+            where: {who: _accuracy(run, data) for who, run in (("new", new_dir), ("served", old_dir))}
             for where, data in (("test", old_test), ("feedback", Path(feedback)))
         }
     test_ok = scores["test"]["new"] >= scores["test"]["served"] - tolerance
@@ -131,7 +129,9 @@ def _agreement(model, tokenizer, rows: list[dict], max_length: int) -> float:
     return (sum(good) / len(good) if good else 0.0) - (sum(bad) / len(bad) if bad else 0.0)
 
 
-def _accuracy(evaluate, run_dir: Path, data: Path) -> float:
+def _accuracy(run_dir: Path, data: Path) -> float:
+    from tunesmith.methods.classify import evaluate
+
     return float(evaluate(run_dir, data, text="text", label="label", fmt="jsonl", baseline=False, write=False)
                  ["tuned"]["accuracy"])  # fmt: skip
 

@@ -129,7 +129,9 @@ class Classifier:
 
 def _encoder(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer under a classification head: a pooled classifier's, a LoRA model's base, or the model's own."""
-    if hasattr(model, "encoder") and hasattr(model, "pooling"):
+    from tunesmith.models.pooled import PooledClassifier
+
+    if isinstance(model, PooledClassifier):
         return model.encoder
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()

@@ -284,10 +284,11 @@ def create_app(
         history[body.model].pop()
         return out
 
+    page = (Path(__file__).parent / "dashboard.html").read_text()
+
     @app.get("/dashboard", include_in_schema=False)
     async def dashboard_page(request: Request):
         key = request.query_params.get("key")
-        page = (Path(__file__).parent / "dashboard.html").read_text()
         return HTMLResponse(page.replace("{{ key_query }}", f"key={quote(key)}" if key else ""))
 
     @app.get("/dashboard/plotly.min.js", include_in_schema=False)
@@ -364,19 +365,16 @@ def _done(log: dict, used: int, reply: str, log_text: bool) -> dict:
 
 async def _collect(job: GenerationJob) -> tuple[list[str], list[str], int]:
     """The whole reply of every choice, their finish reasons and the tokens generated."""
-    texts, reasons, used = [""] * job.n, [""] * job.n, 0
-    ended = 0
+    texts, reasons, used, done = [""] * job.n, [""] * job.n, 0, False
     try:
-        while ended < job.n:
-            event = await job.outbox.events.get()
-            if event[0] == "error":
-                raise ApiError(500, event[1], code="generation_failed")
+        async for event in _events(job):
             if event[0] == "text":
                 texts[event[1]] += event[2]
             else:
-                reasons[event[1]], used, ended = event[2], used + event[3], ended + 1
+                reasons[event[1]], used = event[2], used + event[3]
+        done = True
     finally:
-        if ended < job.n:
+        if not done:
             job.outbox.cancelled = True  # the client went away, or the model failed: free the rows
     return [t.strip() for t in texts], reasons, used
 

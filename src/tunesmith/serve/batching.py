@@ -59,12 +59,16 @@ class GenerationJob:
     def size(self) -> int:
         return self.n
 
+    @property
+    def gone(self) -> bool:
+        return self.outbox.cancelled
+
 
 @dataclass
 class TextJob:
-    """Texts to classify or embed; the result (one per text) or the error goes to `future`."""
+    """Texts to classify or embed, as (what, text) pairs; the result (one per text) or the error goes to `future`."""
 
-    texts: list[str]
+    texts: list[tuple[str, str]]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
@@ -76,6 +80,10 @@ class TextJob:
     @property
     def size(self) -> int:
         return len(self.texts)
+
+    @property
+    def gone(self) -> bool:
+        return self.cancelled or self.future.cancelled()
 
 
 class Worker:
@@ -129,7 +137,7 @@ class Worker:
                 else:
                     rest.append(job)
             self.pending.extendleft(reversed(rest))
-        return [job for job in batch if not _gone(job)]
+        return [job for job in batch if not job.gone]
 
     def _loop(self) -> None:
         while True:
@@ -144,10 +152,6 @@ class Worker:
                 self.run(batch)
             finally:
                 self.busy_since = None
-
-
-def _gone(job) -> bool:
-    return job.outbox.cancelled if isinstance(job, GenerationJob) else job.cancelled or job.future.cancelled()
 
 
 # ---- generation -------------------------------------------------------------------------------------------
@@ -223,8 +227,11 @@ def generate_batch(model: torch.nn.Module, tokenizer, jobs: Sequence[GenerationJ
         if first.seed is not None:
             torch.manual_seed(first.seed)
         s = first.sampling
-        sample = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p} if s.temperature > 0 else {}
-        sample = sample or {"do_sample": False}
+        sample = (
+            {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p}
+            if s.temperature > 0
+            else {"do_sample": False}
+        )
         eos = _eos_ids(model, tokenizer)
         with torch.inference_mode():
             model.generate(
@@ -253,7 +260,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
 # ---- texts --------------------------------------------------------------------------------------------------
 
 
-def text_batch(fn: Callable[[list[str]], Sequence]) -> Callable[[list[TextJob]], None]:
+def text_batch(fn: Callable[[list], Sequence]) -> Callable[[list[TextJob]], None]:
     """A Worker's run for text jobs: fn over all their texts at once, each job answered with its own part."""
 
     def run(jobs: list[TextJob]) -> None:

@@ -28,7 +28,7 @@ from tunesmith.files import atomic_write
 from tunesmith.infer.load import model_dir
 from tunesmith.models.saved import CLASSIFIER, read_meta
 from tunesmith.serve.served import served_name
-from tunesmith.serve.store import Store
+from tunesmith.serve.store import Store, anonymiser
 
 SHAPES = ("classify", "feedback", "preference", "chat")
 LABELLED, KTO = SHAPES[0], SHAPES[1]  # a classifier's rows; a chat run's default
@@ -80,7 +80,7 @@ def export_feedback(
 
 
 def _rows(feedback: list[dict], shape: str, skipped: Counter) -> list[dict]:
-    anonymise = _anonymiser() if shape != LABELLED and any(f["preferred"] for f in feedback) else None
+    anonymise = anonymiser() if shape != LABELLED and any(f["preferred"] for f in feedback) else None
     out: dict[str, dict] = {}  # by text: the latest feedback wins
     for f in sorted(feedback, key=lambda f: f["time"]):
         if f["prompt"] is None:
@@ -110,7 +110,7 @@ def _classify(f: dict, texts: list[str], good: bool) -> list[dict] | str:
 
 
 def _chat(f: dict, turns: list[dict], shape: str, good: bool, bad: bool, anonymise) -> list[dict] | str:
-    preferred = anonymise(f["preferred"]) if f["preferred"] and anonymise else f["preferred"]
+    preferred = anonymise([f["preferred"]])[0] if f["preferred"] and anonymise else f["preferred"]
     if shape == "preference":
         if not preferred or f["reply"] is None:
             return "no preferred response"
@@ -126,13 +126,6 @@ def _chat(f: dict, turns: list[dict], shape: str, good: bool, bad: bool, anonymi
     if preferred:
         rows.append({"prompt": turns, "completion": preferred, "label": True})
     return rows or "no rating and no preferred response"
-
-
-def _anonymiser():
-    from tunesmith.data.pii import Anonymiser
-
-    found = Anonymiser()
-    return lambda text: found.anonymise([text])[0][0]
 
 
 def _key(text: str) -> str:

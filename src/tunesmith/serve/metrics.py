@@ -25,7 +25,7 @@ class Metrics:
         self.tokens = Counter("tunesmith_generated_tokens", "Tokens generated", ["model"], registry=r)
         self.feedbacks = Counter("tunesmith_feedback", "Feedback received", ["model", "kind"], registry=r)
         self.queue = Gauge("tunesmith_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
-        self.drift = Gauge("tunesmith_drift_distance", "Total variation distance of predicted label shares in the "
+        self.distance = Gauge("tunesmith_drift_distance", "Total variation distance of predicted label shares in the "
                            "drift window against validation", ["model"], registry=r)  # fmt: skip
         self.confidence = Gauge("tunesmith_window_confidence", "Mean confidence in the drift window", ["model"],
                                 registry=r)  # fmt: skip
@@ -63,7 +63,7 @@ class Metrics:
                 continue
             d = self.drift_of(model)
             if d["distance"] is not None:
-                self.drift.labels(name).set(d["distance"])
+                self.distance.labels(name).set(d["distance"])
                 self.confidence.labels(name).set(d["confidence"])
             self.flagged.labels(name).set(int(d["flagged"]))
         return generate_latest(self.registry)

@@ -121,7 +121,7 @@ class FeedbackRequest(Body):
     """Feedback on one earlier response, by the id it carried. At least one of the fields after request_id."""
 
     request_id: str = Field(min_length=1, max_length=100)
-    index: int | None = Field(None, ge=0)  # which text of a classify or embeddings request of several
+    index: int | None = Field(None, ge=0)  # which text of a classify request of several
     rating: Literal["up", "down"] | int | None = None
     label: str | None = Field(None, min_length=1)
     preferred: str | None = Field(None, min_length=1)

@@ -52,41 +52,32 @@ def load(run: str | Path, limits: Limits) -> Served:
     folder = model_dir(run)
     run_dir, meta = folder.parent, read_meta(folder)
     row = Registry(run_dir.parent).row(run_dir) or {}
-    name = served_name(run_dir)
+    name = served_name(run_dir, row)
     version = f"{row['id']}:{run_dir.name}" if row.get("id") is not None else run_dir.name
     served = Served(name, run_dir, meta["kind"], meta, version, scores=_scores(run_dir))
     if meta["kind"] == CLASSIFIER:
         served.classifier = classifier = Classifier.load(run_dir)
-        served.worker = Worker(
-            text_batch(lambda items: _by_kind(classifier, items)),
-            max_batch=limits.max_batch * 2,
-            max_queue=limits.max_queue,
-            wait_s=limits.wait_ms / 1000,
-            name=name,
-        )
-        served.val_distribution, served.val_confidence = _validation_predictions(served.classifier, run_dir)
+        run_batch, max_batch = text_batch(lambda items: _by_kind(classifier, items)), limits.max_batch * 2
+        served.val_distribution, served.val_confidence = _validation_predictions(classifier, run_dir)
     elif meta["kind"] == CAUSAL_LM:
         from tunesmith.models.saved import load_causal_lm
 
         served.model, served.tokenizer, _ = load_causal_lm(folder)
         model, tokenizer = served.model, served.tokenizer
-        served.worker = Worker(
-            lambda jobs: generate_batch(model, tokenizer, jobs),
-            max_batch=limits.max_batch,
-            max_queue=limits.max_queue,
-            wait_s=limits.wait_ms / 1000,
-            name=name,
-        )
+        run_batch, max_batch = (lambda jobs: generate_batch(model, tokenizer, jobs)), limits.max_batch
     else:
         raise TunesmithError(f"{run}: a {meta['kind']} ({meta['method']} run) is not served; serve a classifier "
                              "or a causal-LM run")  # fmt: skip
+    served.worker = Worker(run_batch, max_batch=max_batch, max_queue=limits.max_queue, wait_s=limits.wait_ms / 1000,
+                           name=name)  # fmt: skip
     return served
 
 
-def served_name(run_dir: Path) -> str:
-    """The OpenAI `model` field of a run: its name in the registry, else its folder's name."""
-    row = Registry(run_dir.parent).row(run_dir) or {}
-    return row.get("name") or run_dir.name
+def served_name(run_dir: Path, row: dict | None = None) -> str:
+    """The OpenAI `model` field of a run: its name in the registry (its `row`, when already read), else its
+    folder's name."""
+    row = Registry(run_dir.parent).row(run_dir) if row is None else row
+    return (row or {}).get("name") or run_dir.name
 
 
 def load_all(runs: list[str | Path], limits: Limits) -> dict[str, Served]:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from tunesmith.errors import TunesmithError
 from tunesmith.serve.drift import DriftRule
 from tunesmith.serve.served import Limits, load_all
-from tunesmith.serve.store import Store
+from tunesmith.serve.store import Store, anonymiser
 
 
 def make_app(
@@ -30,16 +30,9 @@ def make_app(
         raise TunesmithError("name at least one run to serve (a run name, registry id or folder)")
     served = load_all(runs, limits)
     path = store or next(iter(served.values())).run_dir.parent / "serve.sqlite"
-    anonymise = _anonymiser() if log_text else None
+    anonymise = anonymiser() if log_text else None
     return create_app(served, Store(path, retention_days=retention_days, anonymise=anonymise), api_key=api_key,
                       limits=limits, log_text=log_text, drift_rule=drift_rule)  # fmt: skip
-
-
-def _anonymiser():
-    from tunesmith.data.pii import Anonymiser
-
-    found = Anonymiser()
-    return lambda texts: found.anonymise(texts)[0]
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:

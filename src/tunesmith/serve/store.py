@@ -175,3 +175,11 @@ class Store:
     def close(self) -> None:
         with self.lock:
             self.con.close()
+
+
+def anonymiser() -> Callable[[list[str]], list[str]]:
+    """The data stage's PII anonymiser over a list of texts; built once (its recognisers load slowly)."""
+    from tunesmith.data.pii import Anonymiser
+
+    found = Anonymiser()
+    return lambda texts: found.anonymise(texts)[0]

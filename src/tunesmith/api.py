@@ -18,9 +18,12 @@ from tunesmith.errors import ReportNotWritten, TunesmithError
 from tunesmith.files import write_json
 from tunesmith.infer.classifier import Classifier
 from tunesmith.infer.generator import ChatSession, Generator, Sampling
+from tunesmith.launch import fail_on_sigterm, launch, tell_run_dir, told_run_dir
 from tunesmith.models import zoo
 from tunesmith.runs import Registry, config_hash, default_dir, find_run_dir, known_registries, new_run_dir
+from tunesmith.train import dist
 from tunesmith.train.checkpoint import list_checkpoints
+from tunesmith.train.precision import pick_device
 
 
 def train(
@@ -31,7 +34,8 @@ def train(
     continue_from: str | Path | None = None,
     quiet: bool = False,
     on_data: Callable[[dict, Path], None] | None = None,
-) -> Path:
+    nproc: int = 1,
+) -> Path | None:
     """Fine-tune as the config says and return the run directory (config.yaml, data/, model/, eval.json, report.html).
 
     With `resume`, continue the run in that directory from its latest checkpoint (its own config.yaml and data).
@@ -39,7 +43,28 @@ def train(
     config's data, keeping the earlier tasks by `continual.strategy` (continual learning); the run records it as
     its parent.
     `on_data(report, folder)` is called with data_report.json once the data is prepared, before training.
+    With `nproc` > 1, the run trains in that many processes on this machine (Accelerate's launcher; see
+    train/dist.py). In a process that such a launcher started, the call returns None on every rank but 0.
     """
+    if nproc > 1 and not dist.launched():
+        cfg = _as_config(config, overrides) if resume is None else None
+        return launch(cfg, nproc, resume=resume, overrides=overrides, continue_from=continue_from, quiet=quiet)
+    world = _start_world(config, overrides, resume)
+    if not world.main:
+        return _train_worker(world)
+    try:
+        return _train(config, overrides, resume, continue_from, quiet, on_data, world)
+    except Exception as err:
+        if world.size == 1 or isinstance(err, TunesmithError):
+            raise
+        # one line per process, not a traceback each (the registry row and error.log keep it)
+        raise TunesmithError(f"process 0 of {world.size} stopped: {type(err).__name__}: {err}") from None
+    finally:
+        if not told_run_dir():  # the other ranks wait for the run folder: None tells them there is nothing to train
+            tell_run_dir(None, world)
+
+
+def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist.World) -> Path:
     if resume is not None:
         run_dir = resumable(resume)
         cfg = load_config(run_dir / "config.yaml", overrides)
@@ -61,6 +86,8 @@ def train(
     registry.start(run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method, parent=cfg.continual.parent)
     try:
         staged = stages.stage_configs(cfg)
+        if staged and world.size > 1:
+            raise TunesmithError("stages: a run in stages trains in one process; run it without --nproc")
         if resume is None:  # every stage's data is read and checked before anything trains
             (run_dir / "config.yaml").write_text(cfg_text)
             _prepare_run(cfg, run_dir, on_data)
@@ -69,6 +96,7 @@ def train(
                 folder.mkdir(parents=True)
                 (folder / "config.yaml").write_text(dump_config(stage))
                 _prepare_run(stage, folder, None)
+        tell_run_dir(run_dir, world)
         last = None
         for i, stage in enumerate(staged):  # a stage finished before an interruption is not trained again
             folder = stages.stage_dir(run_dir, i, stage)
@@ -94,6 +122,33 @@ def train(
     registry.finish(run_dir, "done", metrics=headline(report, method.headline))
     _write_report(run_dir)
     return run_dir
+
+
+def _start_world(config, overrides: list[str] | None, resume: str | Path | None) -> dist.World:
+    """This process's place among several (a launcher started them), with its process group; one of one else."""
+    if not dist.launched():
+        return dist.World()
+    cfg = load_config(find_run_dir(resume) / "config.yaml", overrides) if resume is not None else None
+    cfg = cfg or _as_config(config, overrides)
+    world = dist.start(pick_device(cfg.train.device).type, cfg.train.distributed.timeout_s)
+    fail_on_sigterm()
+    return world
+
+
+def _train_worker(world: dist.World) -> None:
+    """A rank other than 0: train the run that rank 0 prepared, then leave (rank 0 evaluates and saves)."""
+    run_dir = tell_run_dir(None, world)
+    if run_dir is None:  # rank 0 stopped before training and says why
+        return None
+    try:
+        _fit_run(load_config(run_dir / "config.yaml"), run_dir, None, quiet=True)
+    except dist.WorkerDone:
+        return None
+    except TunesmithError:
+        raise
+    except Exception as err:  # most often: rank 0 stopped, and this rank's next collective failed
+        raise TunesmithError(f"process {world.rank} of {world.size} stopped: {type(err).__name__}: {err}") from None
+    return None
 
 
 def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], None] | None) -> None:

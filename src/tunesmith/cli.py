@@ -78,6 +78,9 @@ def train(
         typer.Option(help="Start from this finished run's model (continual learning; see continual.strategy)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Train in N processes on this machine (Accelerate; at most one per GPU or CPU core).")
+    ] = 1,
 ):
     """Fine-tune a model as CONFIG says; print tuned vs baseline metrics and the report's path."""
     if config is None and resume is None:
@@ -87,9 +90,10 @@ def train(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReportNotWritten)  # print_eval says it, in one line
         run_dir = _api().train(
-            config, set_ or [], resume=resume, continue_from=continue_from, quiet=quiet, on_data=print_data
+            config, set_ or [], resume=resume, continue_from=continue_from, quiet=quiet, on_data=print_data, nproc=nproc
         )
-    print_eval(run_dir)
+    if run_dir is not None:  # None: a process of a multi-process run other than rank 0, which prints nothing
+        print_eval(run_dir)
 
 
 @app.command()

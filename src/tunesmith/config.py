@@ -125,6 +125,14 @@ class EarlyStopping(Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class DistributedConfig(Strict):
+    """Several processes (`tunesmith train --nproc N`, or `accelerate launch -m tunesmith train`): see train/dist.py."""
+
+    # ddp: each process holds the whole model and the gradients are summed across processes at every step
+    strategy: Literal["ddp"] = "ddp"
+    timeout_s: float = Field(1800.0, gt=0)  # a process that stops answering fails the others after this long
+
+
 class TrainConfig(Strict):
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, gt=0)  # stop after this many optimiser steps
@@ -158,7 +166,8 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, gt=0)
     seed: int = 13
-    threads: int | None = Field(None, gt=0)  # CPU threads; default: all cores torch sees
+    threads: int | None = Field(None, gt=0)  # CPU threads; default: all cores torch sees (shared out among processes)
+    distributed: DistributedConfig = DistributedConfig()
 
     @field_validator("batch_tokens")
     @classmethod

@@ -1,6 +1,7 @@
 """Named points where the fault tests stop the process, at the most dangerous moment of each write: everything
 is written, nothing is renamed into place yet. TUNESMITH_KILL_AT=name[@N][:SIGNAL][,...] sends SIGNAL (default
-SIGKILL) the Nth time (default the first) the process reaches that point. Unset, a point does nothing."""
+SIGKILL) the Nth time (default the first) the process reaches that point; with TUNESMITH_KILL_RANK=R, only the
+process of that rank of a multi-process run does. Unset, a point does nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ _reached: Counter = Counter()
 
 def point(name: str) -> None:
     plan = os.environ.get("TUNESMITH_KILL_AT")
-    if not plan:
+    if not plan or os.environ.get("TUNESMITH_KILL_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
         return
     _reached[name] += 1
     for item in plan.split(","):

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from tunesmith import faults
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
+from tunesmith.train import dist
 from tunesmith.train.batches import token_budget
 from tunesmith.train.checkpoint import (
     list_checkpoints,
@@ -69,6 +71,8 @@ class Task:
 def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> FitResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
+    world = dist.start(device.type, cfg.distributed.timeout_s)  # one of several processes: see train/dist.py
+    device = dist.device_for(device, world)
     ckpt_dir = run_dir / "checkpoints"
     found = list_checkpoints(ckpt_dir) if resume else []
     if resume and not found:
@@ -78,13 +82,17 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         precision, reason = saved["loop"]["precision"], "as before resuming"
     else:
         precision, reason = pick_precision(cfg.precision, device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    precision, reason = dist.broadcast((precision, reason), world)  # a timing probe could answer per rank
+    threads = cfg.threads or (dist.threads_for(world) if world.size > 1 else None)
+    if threads:
+        torch.set_num_threads(threads)
     map_big_blocks()
     release_freed_memory()
     model = task.model.to(device)
     if task.setup:
         task.setup(device)
+    dist.same_start(model, world)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(
         model,
         lr=cfg.lr,
@@ -99,7 +107,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     micro_per_epoch = len(first_plan)
     if micro_per_epoch == 0:
         raise TunesmithError("no training batches: the training split is empty")
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    per_step = cfg.grad_accum * world.size  # micro-batches of the plan that one optimiser step takes, all ranks
+    steps_per_epoch = math.ceil(micro_per_epoch / per_step)
     total = max(1, math.floor(cfg.epochs * steps_per_epoch))
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
@@ -110,8 +119,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     state = LoopState(precision=precision)
     if saved:
         state = LoopState(**restore_checkpoint(found[-1], saved, model, optimizer))
-    log = MetricsLog(run_dir, state.step if resume else None)
-    log.write(
+    log = MetricsLog(run_dir, state.step if resume else None) if world.main else None
+    _write(
+        log,
         {
             "step": state.step,
             "split": "setup",
@@ -121,9 +131,10 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
             "total_steps": total,
             "warmup_steps": warmup,
             "resumed": resume,
-        }
+            "processes": world.size,
+        },
     )
-    progress = Progress(total, quiet=quiet, start=state.step)
+    progress = Progress(total, quiet=quiet or not world.main, start=state.step)
     model.train()
     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
     clock = time.perf_counter()  # train_seconds: wall time of the loop (batching and checkpoints included)
@@ -132,29 +143,43 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
             epoch = state.epoch
             batches = first_plan if epoch == 0 else task.batches(epoch)
             while state.epoch == epoch and state.step < total and not state.stopped_early:
-                items = batches[state.batch : state.batch + cfg.grad_accum]
-                parts = [p for item in items for p in task.split(item, budget)] if budget else items
+                items = batches[state.batch : state.batch + per_step]
+                mine = items[world.rank * cfg.grad_accum : (world.rank + 1) * cfg.grad_accum]
+                # a rank past the end of the epoch's plan runs the first item weighted 0: the collectives still match
+                weight = 1.0 if mine else 0.0
+                parts = (
+                    [p for item in mine or items[:1] for p in task.split(item, budget)] if budget else mine or items[:1]
+                )
                 with torch.no_grad():
                     group = [task.collate(part) for part in parts]
                 lr = lr_at(state.step, warmup=warmup, total=total, peak=cfg.lr, schedule=cfg.schedule)
                 for g in optimizer.param_groups:
                     g["lr"] = lr * g["base_lr"] / cfg.lr
-                denom = sum(int(b["n"]) for b in group)
-                step_loss = 0.0
+                (denom,) = dist.sum_floats([weight * sum(int(b["n"]) for b in group)], world)
+                step_loss, step_metrics = 0.0, defaultdict(float)
                 for batch in group:
                     with autocast(device, precision):
                         loss, metrics = _split(task.loss(model, _move(batch, device)))
-                        loss = loss / denom
+                        loss = loss * (weight / denom)
                     (scaler.scale(loss) if scaler else loss).backward()
                     step_loss += loss.item()
                     for key, value in metrics.items():
-                        running_metrics[key] += float(value) / denom
+                        step_metrics[key] += weight * float(value) / denom
+                synced = time.perf_counter()
+                dist.sum_gradients(trainable, world)
+                state.sync_seconds += time.perf_counter() - synced
+                counts = [
+                    weight * sum(int(b.get(k, 0)) for b in group) for k in ("examples", "tokens", "target_tokens")
+                ]
+                keys = sorted(step_metrics)
+                step_loss, *summed = dist.sum_floats([step_loss, *counts, *(step_metrics[k] for k in keys)], world)
+                examples, tokens, target_tokens = (int(round(c)) for c in summed[:3])
+                for key, value in zip(keys, summed[3:]):
+                    running_metrics[key] += value
                 if scaler:
                     scaler.unscale_(optimizer)
                 grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
-                    if cfg.max_grad_norm
-                    else None
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item() if cfg.max_grad_norm else None
                 )
                 if scaler:
                     scaler.step(optimizer)
@@ -162,9 +187,10 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 else:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                state.examples += sum(int(b["examples"]) for b in group)
-                state.tokens += sum(int(b.get("tokens", 0)) for b in group)
-                state.target_tokens += sum(int(b.get("target_tokens", 0)) for b in group)
+                faults.point("step")
+                state.examples += examples
+                state.tokens += tokens
+                state.target_tokens += target_tokens
                 state.step += 1
                 state.batch += len(items)
                 if state.batch >= len(batches):
@@ -181,18 +207,24 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     if state.tokens:  # cumulative, so that any window of steps gives its own rate
                         row |= {"tokens": state.tokens, "target_tokens": state.target_tokens}
                         row["train_s"] = state.train_seconds
-                    log.write(row)
+                    if world.size > 1:  # cumulative: the share of training spent summing gradients across processes
+                        row |= {"sync_s": state.sync_seconds, "train_s": state.train_seconds}
+                    _write(log, row)
                     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
                 if task.evaluate and (step % eval_every == 0 or step == total):
-                    _evaluate(task, model, state, cfg, log, progress, ckpt_dir)
+                    _evaluate(task, model, state, cfg, log, progress, ckpt_dir, world)
                     state.eval_seconds += time.perf_counter() - clock  # validation is not training time
                     clock = time.perf_counter()
-                if step % cfg.checkpoint_every == 0 and step < total:
+                if step % cfg.checkpoint_every == 0 and step < total and world.main:
                     save_checkpoint(ckpt_dir, model, optimizer, state.to_dict(), cfg.keep_checkpoints)
                     release_freed_memory()  # the serialisation buffers (weights + optimiser) were just freed
     finally:
         progress.close()
-        log.close()
+        if log:
+            log.close()
+    dist.finish(world)
+    if not world.main:
+        raise dist.WorkerDone
     if cfg.early_stopping and state.best_metrics is not None:
         from safetensors.torch import load_file
 
@@ -211,12 +243,19 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         last_eval=state.last_eval,
         stopped_early=state.stopped_early,
         eval_seconds=state.eval_seconds,
+        processes=world.size,
+        sync_seconds=state.sync_seconds,
     )
 
 
 def _split(out: Loss) -> tuple[torch.Tensor, dict]:
     """A loss alone, or a loss with its metrics."""
     return out if isinstance(out, tuple) else (out, {})
+
+
+def _write(log: MetricsLog | None, row: dict) -> None:
+    if log is not None:  # rank 0's
+        log.write(row)
 
 
 def _move(batch: Batch, device: torch.device) -> Batch:
@@ -228,16 +267,21 @@ def _evaluate(
     model: torch.nn.Module,
     state: LoopState,
     cfg: TrainConfig,
-    log: MetricsLog,
+    log: MetricsLog | None,
     progress: Progress,
     ckpt_dir: Path,
+    world: dist.World,
 ) -> None:
-    model.eval()
-    with torch.no_grad():
-        metrics = task.evaluate(model)
-    model.train()
+    """Rank 0 validates; every rank takes its metrics, so that all stop early at the same step."""
+    metrics = None
+    if world.main:
+        model.eval()
+        with torch.no_grad():
+            metrics = task.evaluate(model)
+        model.train()
+    metrics = dist.broadcast(metrics, world)
     state.last_eval = metrics
-    log.write({"step": state.step, "split": "val", **metrics})
+    _write(log, {"step": state.step, "split": "val", **metrics})
     progress.note(f"step {state.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
     stop = cfg.early_stopping
     if not stop:
@@ -251,7 +295,8 @@ def _evaluate(
     lower = metric in task.minimise
     if state.best is None or (value < state.best - stop.min_delta if lower else value > state.best + stop.min_delta):
         state.best, state.best_metrics, state.bad_evals = value, {"step": state.step, **metrics}, 0
-        save_weights(model, ckpt_dir / "best")
+        if world.main:
+            save_weights(model, ckpt_dir / "best")
     else:
         state.bad_evals += 1
         if state.bad_evals >= stop.patience:

@@ -15,6 +15,7 @@ class LoopState:
     target_tokens: int = 0  # of those, the tokens that carry a loss
     train_seconds: float = 0.0
     eval_seconds: float = 0.0  # validation during training: not in train_seconds
+    sync_seconds: float = 0.0  # summing gradients across processes (in train_seconds)
     precision: str = "fp32"
     best: float | None = None  # best value of the early-stopping metric
     best_metrics: dict | None = None  # the validation metrics of that evaluation, with its step
@@ -41,6 +42,8 @@ class FitResult:
     last_eval: dict | None = None
     stopped_early: bool = False
     eval_seconds: float = 0.0
+    processes: int = 1
+    sync_seconds: float = 0.0
 
     @property
     def examples_per_s(self) -> float:
@@ -65,4 +68,7 @@ class FitResult:
             "device": self.device,
             "stopped_early": self.stopped_early,
             "best_val": self.best,
+            **(
+                {"processes": self.processes, "sync_seconds": round(self.sync_seconds, 2)} if self.processes > 1 else {}
+            ),
         }

@@ -1,0 +1,151 @@
+"""Several processes on the one loop. Accelerate launches them (`tunesmith train --nproc N`, or `accelerate launch
+-m tunesmith train` for many GPUs or machines) and sets up their process group (gloo on CPUs, NCCL on GPUs).
+
+Data-parallel as DDP does it: every process holds the whole model, takes its own share of each step's batches
+and the gradients are summed across processes before the optimiser steps, so every process makes the same update.
+The loop sums them itself, in one flat all-reduce after the last micro-batch, rather than through DDP's wrapper:
+DDP syncs only what runs through the wrapper's forward, and tunesmith's losses call parts of the model (the
+decoder, then the LM head on the target positions only).
+
+Rank 0 alone writes (run folder, registry, checkpoints, logs, report) and prepares the data; the other ranks train
+and exit when the loop ends (WorkerDone).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+
+class WorkerDone(Exception):  # noqa: N818 - not an error: a rank other than 0 has nothing to do after training
+    """Raised by the loop on ranks other than 0 once training ends: evaluation and saving belong to rank 0."""
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """This process is one of several (a launcher set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device_type: str, timeout_s: float) -> World:
+    """The process group, once per process (Accelerate's PartialState): gloo where the run is on the CPU. A rank that
+    stops answering fails the others after timeout_s instead of leaving them waiting for ever."""
+    if not launched():
+        return World()
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    if not dist.is_initialized():
+        PartialState(cpu=device_type == "cpu", timeout=timedelta(seconds=timeout_s))
+    return current()
+
+
+def current() -> World:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+
+
+def device_for(device: torch.device, world: World) -> torch.device:
+    """One GPU per process on a machine; the CPU is shared."""
+    if world.size > 1 and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def threads_for(world: World) -> int:
+    """The CPU cores of this machine shared out among its processes."""
+    return max(1, len(os.sched_getaffinity(0)) // world.local_size)
+
+
+def broadcast(value: object, world: World) -> object:
+    """Rank 0's value, on every rank."""
+    if world.size == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sum_floats(values: list[float], world: World) -> list[float]:
+    """Each value summed over the ranks (float64, so that counts stay exact)."""
+    if world.size == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def same_start(model: torch.nn.Module, world: World) -> None:
+    """Rank 0's trainable weights on every rank (as DDP does at wrap time): a seed that differs cannot split them."""
+    if world.size == 1:
+        return
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if p.requires_grad:
+            dist.broadcast(p.data, src=0)
+
+
+def sum_gradients(params: list[torch.nn.Parameter], world: World) -> None:
+    """Every trainable parameter's gradient summed over the ranks, in one flat buffer (a missing gradient counts as
+    zeros, so that every rank sends the same layout)."""
+    if world.size == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    at = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[at : at + g.numel()].view_as(g)
+        at += g.numel()
+
+
+def finish(world: World) -> None:
+    """Every rank reaches the end of training before any leaves it."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_nproc(nproc: int) -> None:
+    """--nproc N fits the machine: at most one process per GPU, or per CPU core where there is no GPU."""
+    if nproc < 1:
+        raise TunesmithError(f"--nproc must be at least 1, got {nproc}")
+    if torch.cuda.is_available():
+        have, what = torch.cuda.device_count(), "GPUs"
+    else:
+        have, what = len(os.sched_getaffinity(0)), "CPU cores"
+    if nproc > have:
+        raise TunesmithError(f"--nproc {nproc}: this machine has {have} {what}; give at most {have}")

@@ -35,6 +35,7 @@ def train(
     quiet: bool = False,
     on_data: Callable[[dict, Path], None] | None = None,
     nproc: int = 1,
+    study: str | None = None,
 ) -> Path | None:
     """Fine-tune as the config says and return the run directory (config.yaml, data/, model/, eval.json, report.html).
 
@@ -45,6 +46,7 @@ def train(
     `on_data(report, folder)` is called with data_report.json once the data is prepared, before training.
     With `nproc` > 1, the run trains in that many processes on this machine (Accelerate's launcher; see
     train/dist.py). In a process that such a launcher started, the call returns None on every rank but 0.
+    `study` tags the registry row as a trial of that hyperparameter search (`tune`).
     """
     if nproc > 1 and not dist.launched():
         cfg = _as_config(config, overrides) if resume is None else None
@@ -53,7 +55,7 @@ def train(
     if not world.main:
         return _train_worker(world)
     try:
-        return _train(config, overrides, resume, continue_from, quiet, on_data, world)
+        return _train(config, overrides, resume, continue_from, quiet, on_data, world, study)
     except Exception as err:
         if world.size == 1 or isinstance(err, TunesmithError):
             raise
@@ -64,7 +66,7 @@ def train(
             tell_run_dir(None, world)
 
 
-def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist.World) -> Path:
+def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist.World, study: str | None) -> Path:
     if resume is not None:
         run_dir = resumable(resume)
         cfg = load_config(run_dir / "config.yaml", overrides)
@@ -83,7 +85,9 @@ def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist
     method = methods.get(cfg.method)
     registry = Registry(run_dir.parent)
     cfg_text = dump_config(cfg)
-    registry.start(run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method, parent=cfg.continual.parent)
+    registry.start(
+        run_dir, cfg.name, config_hash(cfg_text), cfg.model, cfg.method, parent=cfg.continual.parent, study=study
+    )
     try:
         staged = stages.stage_configs(cfg)
         if staged and world.size > 1:
@@ -115,13 +119,31 @@ def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist
             if isinstance(err, KeyboardInterrupt)
             else f"{type(err).__name__}: {err}"
         )
-        registry.finish(run_dir, "failed", error=message)
+        registry.finish(run_dir, getattr(err, "status", "failed"), error=message)  # a pruned trial: pruned
         if not isinstance(err, TunesmithError):
             (run_dir / "error.log").write_text(traceback.format_exc())
         raise
     registry.finish(run_dir, "done", metrics=headline(report, method.headline))
     _write_report(run_dir)
     return run_dir
+
+
+def tune(
+    config: str | Path | RunConfig | dict,
+    trials: int,
+    *,
+    parallel: int = 1,
+    study: str | None = None,
+    overrides: list[str] | None = None,
+    compare_default: bool = True,
+) -> Path:
+    """Search the config's `search.space` on the validation split with Optuna (tunesmith/tune.py) and return the
+    study folder: tune.json, best.yaml and report.html. Resumes a study of the same name that was stopped."""
+    from tunesmith import tune as search
+
+    return search.tune(
+        config, trials, parallel=parallel, study=study, overrides=overrides, compare_default=compare_default
+    )
 
 
 def _start_world(config, overrides: list[str] | None, resume: str | Path | None) -> dist.World:
@@ -155,6 +177,9 @@ def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], 
     """The model is checked, the data read, cleaned, split and checked against the method: before any training."""
     preflight.check_model(cfg, zoo.resolve(cfg.model))  # before reading data
     report = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))
+    if not cfg.eval.test and (run_dir / "data" / "test.parquet").is_file():  # set aside unread (tune's trials)
+        (run_dir / "data" / "held_out").mkdir()
+        (run_dir / "data" / "test.parquet").rename(run_dir / "data" / "held_out" / "test.parquet")
     if on_data is not None:
         on_data(report, run_dir / "data")
     preflight.check_data(cfg, methods.get(cfg.method), report, run_dir / "data")

@@ -98,6 +98,43 @@ def train(
 
 @app.command()
 @user_errors
+def tune(
+    config: Annotated[Path, typer.Argument(help="YAML config with a search: section (see README: tuning).")],
+    trials: Annotated[
+        int, typer.Option(help="Finished trials the study should have (a resumed study counts its own).")
+    ],
+    parallel: Annotated[int, typer.Option(help="Trials at once, each with cores/K threads.")] = 1,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default: the config's name); same name resumes.")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. --set train.epochs=2.")] = None,
+    default: Annotated[bool, typer.Option(help="Also train the config as given, to compare with the best.")] = True,
+):
+    """Search hyperparameters on the validation split (Optuna TPE, pruning); score the best on the test split once."""
+    folder = _api().tune(config, trials, parallel=parallel, study=study, overrides=set_ or [], compare_default=default)
+    result = json.loads((folder / "tune.json").read_text())
+    best = result["best"]
+    out.print(f"{len(result['trials'])} trials, {result['pruned']} pruned, {result['wall_seconds']:.0f} s")
+    out.print(f"best trial {best['number']}: validation {result['metric']} {best['value']:.4f} with {best['params']}")
+    table = Table(title="test split (read once)")
+    table.add_column("metric")
+    table.add_column("best trial", justify="right")
+    columns = [
+        ("default config", (result.get("default") or {}).get("tuned")),
+        ("untuned", best["test"].get("baseline")),
+    ]
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    for key, value in (best["test"].get("tuned") or {}).items():
+        if isinstance(value, int | float):
+            cells = [f"{c[key]:.4f}" if c and isinstance(c.get(key), int | float) else "" for _, c in columns]
+            table.add_row(key, f"{value:.4f}", *cells)
+    out.print(table)
+    out.print(f"best config: {folder / 'best.yaml'}\nreport:      {folder / 'report.html'}")
+
+
+@app.command()
+@user_errors
 def serve(
     runs: Annotated[list[str], typer.Argument(help="Runs to serve (name, registry id or folder); the model field.")],
     host: Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -188,6 +189,9 @@ class EvalConfig(Strict):
     )  # as `generate`: > 1 discourages the loops small models fall into
     general_text: str | None = None  # a general-text file: its perplexity before/after training measures forgetting
     general_tokens: int = Field(20000, gt=0)  # at most this many tokens of general_text are scored
+    # false: the test split is set aside unread (data/held_out/test.parquet); `tunesmith tune` trains its trials so,
+    # and scores the best trial's model on it once, at the end
+    test: bool = True
 
 
 class ContinualConfig(Strict):
@@ -202,6 +206,48 @@ class ContinualConfig(Strict):
     weight: float = Field(1.0, ge=0.0)  # l2, ewc: the strength of the pull (lambda)
     fisher_rows: int = Field(512, gt=0)  # ewc: parent training rows the Fisher information is estimated on
     buffer: int = Field(1000, gt=0)  # training rows every run keeps (seeded, shared out among its tasks) for replay
+
+
+class SearchParam(Strict):
+    """One key's range (low..high, on a log scale where log is set, in steps where step is set) or its choices."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchParam:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices is empty: give at least one value")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low and high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices")
+        if not self.low < self.high:
+            raise ValueError(f"the range is empty: low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a range has either log or step, not both")
+        return self
+
+    def is_int(self) -> bool:
+        """Written as whole numbers (low: 1, not 1.0): the trials draw whole numbers."""
+        return all(isinstance(v, int) for v in (self.low, self.high, self.step or 1))
+
+
+class SearchConfig(Strict):
+    """`tunesmith tune`: what the trials vary (any config key, dotted: train.lr, lora.r, ...), how they are judged."""
+
+    space: dict[str, SearchParam] = {}
+    metric: str | None = None  # a validation metric of the method; default: its first (the early-stopping default)
+    direction: Literal["auto", "maximize", "minimize"] = "auto"  # auto: minimise loss and perplexity, else maximise
+    pruner: Literal["median", "halving", "none"] = "median"  # stop trials that trail at a validation
+    startup_trials: int = Field(5, ge=0)  # median: trials that run to the end before any is pruned
 
 
 def _default_method() -> str:
@@ -228,6 +274,7 @@ class RunConfig(Strict):
     # one before (the first from `model`), and this run from the last: {name, data, and any of method, train,
     # eval, lora, keep_head and the stage method's section}; train and eval are merged over this run's.
     stages: list[dict] = []
+    search: SearchConfig | None = None  # `tunesmith tune CONFIG`: the search space; `train` ignores it
     keep_head: bool = False  # after a stage: keep its classification head even where the labels differ in name
     output_dir: str = "runs"
 
@@ -358,7 +405,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def config_from_dict(raw: dict, source: str = "(dict)", overrides: list[str] | None = None) -> RunConfig:
-    raw = apply_overrides(dict(raw), overrides or [])
+    raw = apply_overrides(copy.deepcopy(raw), overrides or [])  # the caller's dict (and its sections) stay as given
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -23,7 +23,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'killed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'killed', 'pruned')),
     config_hash TEXT NOT NULL,
     model TEXT NOT NULL,
     method TEXT NOT NULL,
@@ -35,10 +35,10 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     pid_created REAL,
     host TEXT,
-    parent TEXT
+    parent TEXT,
+    study TEXT
 )
 """
-COLUMNS = "id, name, status, config_hash, model, method, metrics, error, path, started, finished"
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -79,27 +79,32 @@ class Registry:
         con = sqlite3.connect(self.path, timeout=60)
         con.row_factory = sqlite3.Row
         con.execute(SCHEMA)
-        columns = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
-        if "pid" not in columns:
+        if "'pruned'" not in con.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]:
             _migrate(con)
-        elif "parent" not in columns:  # a registry from before continual learning
-            with con:
-                con.execute("ALTER TABLE runs ADD COLUMN parent TEXT")
         return con
 
     def start(
-        self, run_dir: Path, name: str, cfg_hash: str, model: str, method: str, parent: str | None = None
+        self,
+        run_dir: Path,
+        name: str,
+        cfg_hash: str,
+        model: str,
+        method: str,
+        parent: str | None = None,
+        study: str | None = None,
     ) -> None:
-        """A running row; `parent` is the run folder this one continues from (continual learning)."""
+        """A running row; `parent` is the run folder this one continues from (continual learning), `study` the
+        hyperparameter search it is a trial of."""
         me = psutil.Process()
         with closing(self._connect()) as con, con:
             con.execute(
                 "INSERT INTO runs (name, status, config_hash, model, method, path, started, pid, pid_created, host, "
-                "parent) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "parent, study) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET status='running', error=NULL, finished=NULL, "
                 "pid=excluded.pid, pid_created=excluded.pid_created, host=excluded.host",
-                (name, cfg_hash, model, method, str(run_dir), time.time(), me.pid, me.create_time(), HOST, parent),
-            )
+                (name, cfg_hash, model, method, str(run_dir), time.time(), me.pid, me.create_time(), HOST, parent,
+                 study),
+            )  # fmt: skip
         _remember(self.path)
 
     def finish(self, run_dir: Path, status: str, metrics: dict | None = None, error: str | None = None) -> None:
@@ -168,11 +173,14 @@ def _usable(row: dict, key: str) -> dict:
 
 
 def _migrate(con: sqlite3.Connection) -> None:
-    """A registry from before pid/host (and the killed status): rebuilt in one transaction, rows kept."""
+    """A registry from an earlier schema (before pid/host, parent, study, or the killed and pruned statuses): rebuilt
+    in one transaction, every row and every column it had kept."""
     with con:
+        old = [r["name"] for r in con.execute("PRAGMA table_info(runs)")]
         con.execute("ALTER TABLE runs RENAME TO runs_old")
         con.execute(SCHEMA)
-        con.execute(f"INSERT INTO runs ({COLUMNS}) SELECT {COLUMNS} FROM runs_old")
+        kept = ", ".join(c for c in old if c in {r["name"] for r in con.execute("PRAGMA table_info(runs)")})
+        con.execute(f"INSERT INTO runs ({kept}) SELECT {kept} FROM runs_old")
         con.execute("DROP TABLE runs_old")
 
 

@@ -9,6 +9,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from tunesmith.train.progress import Progress
 from tunesmith.train.state import FitResult, LoopState
 
 Batch = dict[str, torch.Tensor | int]
+# Called with (step, validation metrics) after every validation, e.g. by a hyperparameter search that stops (prunes)
+# a trial that trails others by raising from it. Set around a call of api.train; unset, nothing is called.
+ON_EVAL: ContextVar[Callable[[int, dict[str, float]], None] | None] = ContextVar("on_eval", default=None)
 Loss = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor | float]]
 
 
@@ -282,6 +286,8 @@ def _evaluate(
     metrics = dist.broadcast(metrics, world)
     state.last_eval = metrics
     _write(log, {"step": state.step, "split": "val", **metrics})
+    if ON_EVAL.get() is not None:
+        ON_EVAL.get()(state.step, metrics)
     progress.note(f"step {state.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
     stop = cfg.early_stopping
     if not stop:

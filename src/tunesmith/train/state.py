@@ -68,6 +68,7 @@ class FitResult:
             "device": self.device,
             "stopped_early": self.stopped_early,
             "best_val": self.best,
+            "last_val": self.last_eval,
             **(
                 {"processes": self.processes, "sync_seconds": round(self.sync_seconds, 2)} if self.processes > 1 else {}
             ),

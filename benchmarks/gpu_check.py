@@ -1,6 +1,7 @@
 """The GPU path, run where a CUDA GPU is: tunesmith's classifier, and its LoRA and full SFT beside TRL's SFTTrainer
 on the same rows, in bf16 on CUDA for a few hundred steps, each job in a process of its own; throughput, peak GPU
-memory and losses to one JSON. Started by benchmarks/gpu_check.sh, which exits at once on a machine without CUDA.
+memory and losses to one JSON; then the FSDP path (train.distributed.strategy fsdp) in one process. Started by
+benchmarks/gpu_check.sh, which exits at once on a machine without CUDA.
 
 The models are the bundled ones where they are installed (minilm-l6, smollm2-135m-instruct); a GPU machine that
 cannot install them gets their architectures, tokenizers and chat template from benchmarks/gpu_models/ with
@@ -65,7 +66,8 @@ def train_job(job: dict) -> dict:
            "data": job["data"] | {"dedup": {"exact": False, "near": False}, "on_error": "skip"},
            "train": {"max_steps": job["steps"], "batch_size": job["batch"], "lr": job["lr"], "precision": "bf16",
                      "device": job["device"], "max_length": job["max_length"], "log_every": 10, "epochs": 1000,
-                     "checkpoint_every": 10_000, "seed": 13},
+                     "checkpoint_every": 10_000, "seed": 13,
+                     "distributed": {"strategy": job.get("strategy", "ddp")}},
            "eval": {"baseline": False}}  # fmt: skip
     path = work / f"{job['method']}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -161,6 +163,16 @@ def main() -> None:
     for mode in ("lora", "full"):
         result["sft"][mode] = sft_side_by_side(mode, sft, rows["params"], peak)
         save()
+    # FSDP2 (train.distributed.strategy fsdp) in one process, bf16: the sharded path's forward, backward, optimiser,
+    # gathered checkpoint and final unshard on CUDA; a few steps each, last, so that a cut run keeps the rest
+    fsdp = base | {"side": "train", "strategy": "fsdp", "steps": min(a.steps, 60)}
+    result["fsdp"] = {
+        "classify": child(fsdp | {"alias": "minilm-l6", "method": "classify", "data": classify, "batch": 32,
+                                  "lr": 5e-5, "max_length": 128}),
+        "sft_full": child(fsdp | {"alias": "smollm2-135m-instruct", "method": "sft", "batch": 8, "lr": 2e-5,
+                                  "max_length": 512, "data": {"train": rows["train"], "test": str(test)}}),
+    }  # fmt: skip
+    save()
     print(json.dumps(result, indent=2))
 
 

@@ -40,7 +40,9 @@ def test_a_study_finds_a_config_and_reads_test_once(tiny_model, fixtures, tmp_pa
     assert sum(r["status"] == "pruned" for r in rows) == result["pruned"]
     for t in result["trials"]:  # a trial never saw the test split: it was set aside unread
         if t["run"]:
-            ev = json.loads((tmp_path / "runs" / t["run"] / "eval.json").read_text()) if t["state"] == "complete" else {}
+            ev = (
+                json.loads((tmp_path / "runs" / t["run"] / "eval.json").read_text()) if t["state"] == "complete" else {}
+            )
             assert "tuned" not in ev
     best = load_config(folder / "best.yaml")
     assert best.search is None
@@ -86,3 +88,17 @@ def test_a_bad_search_is_refused_before_any_trial(tiny_model, fixtures, tmp_path
 def test_parallel_above_the_cores_is_refused(tiny_model, fixtures, tmp_path):
     with pytest.raises(TunesmithError, match="--parallel 999"):
         api.tune(_config(tiny_model, fixtures, tmp_path), 2, parallel=999)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two trials at once need two cores")
+def test_parallel_trials_share_one_study(tiny_model, fixtures, tmp_path):
+    folder = api.tune(
+        _config(tiny_model, fixtures, tmp_path, pruner="none"), 4, parallel=2, study="p", compare_default=False
+    )
+    result = json.loads((folder / "tune.json").read_text())
+    assert [t["number"] for t in result["trials"]] == [0, 1, 2, 3]
+    assert all(t["state"] == "complete" for t in result["trials"])
+    runs = [r for r in Registry(tmp_path / "runs").list() if r["study"] == "p"]
+    assert len(runs) == 4
+    share = len(os.sched_getaffinity(0)) // 2  # each trial's process takes its share of the cores
+    assert {load_config(f"{r['path']}/config.yaml").train.threads for r in runs} == {share}

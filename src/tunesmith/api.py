@@ -24,6 +24,7 @@ from tunesmith.runs import Registry, config_hash, default_dir, find_run_dir, kno
 from tunesmith.train import dist
 from tunesmith.train.checkpoint import list_checkpoints
 from tunesmith.train.precision import pick_device
+from tunesmith.tune import tune as tune  # the search: tunesmith/tune.py
 
 
 def train(
@@ -126,24 +127,6 @@ def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist
     registry.finish(run_dir, "done", metrics=headline(report, method.headline))
     _write_report(run_dir)
     return run_dir
-
-
-def tune(
-    config: str | Path | RunConfig | dict,
-    trials: int,
-    *,
-    parallel: int = 1,
-    study: str | None = None,
-    overrides: list[str] | None = None,
-    compare_default: bool = True,
-) -> Path:
-    """Search the config's `search.space` on the validation split with Optuna (tunesmith/tune.py) and return the
-    study folder: tune.json, best.yaml and report.html. Resumes a study of the same name that was stopped."""
-    from tunesmith import tune as search
-
-    return search.tune(
-        config, trials, parallel=parallel, study=study, overrides=overrides, compare_default=compare_default
-    )
 
 
 def _start_world(config, overrides: list[str] | None, resume: str | Path | None) -> dist.World:

@@ -470,7 +470,7 @@ DIR_HELP = "Where the runs are (default: $TUNESMITH_RUNS, else ./runs)."
 def runs_list(
     dir: Annotated[Path | None, typer.Option(help=DIR_HELP)] = None,
     all_: Annotated[bool, typer.Option("--all", help="The runs of every registry you have trained into.")] = False,
-    wide: Annotated[bool, typer.Option("--wide", help="Every column (model, path), however wide.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column (model, study, path), however wide.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Every field of every row, as JSON.")] = False,
 ):
     """Every run in the registry with its status and headline metrics (a run whose process is gone: killed)."""
@@ -486,8 +486,8 @@ def runs_list(
 def run_lines(rows: list[dict], wide: bool, width: int = 80) -> list[str]:
     """Columns padded to their widest value, never cut: within `width`, the metrics (and, with --wide, model and
     path) that do not fit go on an indented line of their own, wrapped between metrics."""
-    cols = ["id", "name", "status", "method"] + (["model", "path"] if wide else [])
-    cells = [[str(r[c]) for c in cols] for r in rows]
+    cols = ["id", "name", "status", "method"] + (["model", "study", "path"] if wide else [])
+    cells = [["" if r.get(c) is None else str(r[c]) for c in cols] for r in rows]
     sizes = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
     metrics = [" ".join(f"{k}={v}" for k, v in r["metrics"].items()) for r in rows]
     inline = wide or sum(sizes) + 2 * len(sizes) + max(map(len, metrics)) <= width

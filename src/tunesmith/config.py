@@ -93,6 +93,7 @@ class DataConfig(Strict):
     clean: CleanConfig = CleanConfig()
     dedup: DedupConfig = DedupConfig()
     pii: PiiConfig | None = None  # set (e.g. `pii: {}`) to replace personal data by <EMAIL>, <PERSON>, ...
+    unlabeled: str | None = None  # distill: a file of texts (its data.text field) the student learns from the teacher
 
     @field_validator("label_names", mode="before")
     @classmethod
@@ -129,8 +130,13 @@ class EarlyStopping(Strict):
 class DistributedConfig(Strict):
     """Several processes (`tunesmith train --nproc N`, or `accelerate launch -m tunesmith train`): see train/dist.py."""
 
-    # ddp: each process holds the whole model and the gradients are summed across processes at every step
-    strategy: Literal["ddp"] = "ddp"
+    # ddp: each process holds the whole model and the gradients are summed across processes at every step;
+    # fsdp: PyTorch FSDP2 (full shard): each process holds a shard of every weight, gradient and optimiser state,
+    # and a layer's weights are gathered just for its forward and backward
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # fsdp: the transformer layer classes sharded one by one (e.g. [BertLayer]); default: the model's own list
+    # (transformers' _no_split_modules, e.g. LlamaDecoderLayer)
+    fsdp_layers: list[str] | None = None
     timeout_s: float = Field(1800.0, gt=0)  # a process that stops answering fails the others after this long
 
 

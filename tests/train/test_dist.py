@@ -8,12 +8,14 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import sft_config, tiny_config
 from tunesmith import api
 from tunesmith.errors import TunesmithError
+from tunesmith.models.layers import layer_classes
 from tunesmith.runs import Registry
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two processes need two cores")
@@ -24,56 +26,64 @@ def _losses(run_dir):
     return [(r["step"], r["loss"]) for r in rows if "loss" in r and r.get("split") is None]
 
 
-def _close_runs(one, two):
-    weights = "model/model.safetensors"
+EXACT = {"group_by_length": False, "dropout": 0.0, "log_every": 1, "precision": "fp32"}  # the same rows, no noise
+
+
+def _one_then_two(cfg: dict, batch: int, strategy: str = "ddp"):
+    """The run in one process with the whole batch, then in two with half each: the same losses and weights."""
+    one = api.train(cfg, quiet=True)
+    half = [f"train.batch_size={batch // 2}", f"train.distributed.strategy={strategy}"]
+    two = api.train(cfg, half, quiet=True, nproc=2)
     a, b = _losses(one), _losses(two)
     assert len(a) > 3 and [s for s, _ in a] == [s for s, _ in b]
     assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 1e-5
-    wa, wb = load_file(one / weights), load_file(two / weights)
+    wa, wb = (load_file(run / "model" / "model.safetensors") for run in (one, two))
     assert wa.keys() == wb.keys()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    return one, two
 
 
 def test_two_processes_match_one_classifier(tiny_model, fixtures, tmp_path):
-    train = {
-        "epochs": 1,
-        "batch_size": 16,
-        "group_by_length": False,
-        "dropout": 0.0,
-        "log_every": 1,
-        "precision": "fp32",
-    }
     cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path)
-    cfg["train"] |= train
-    one = api.train(cfg, quiet=True)
-    two = api.train(cfg, ["train.batch_size=8"], quiet=True, nproc=2)
-    assert one != two and (two / "eval.json").is_file()
-    _close_runs(one, two)
+    cfg["train"] |= EXACT | {"epochs": 1, "batch_size": 16}
+    one, two = _one_then_two(cfg, 16)
     setup = json.loads((two / "metrics.jsonl").read_text().splitlines()[0])
     assert setup["processes"] == 2
     assert Registry(two.parent).row(two)["status"] == "done"
-    assert (
-        json.loads((two / "eval.json").read_text())["train"]["examples"]
-        == json.loads((one / "eval.json").read_text())["train"]["examples"]
-    )
+    examples = [json.loads((run / "eval.json").read_text())["train"]["examples"] for run in (one, two)]
+    assert examples[0] == examples[1]
 
 
 def test_two_processes_match_one_lora_sft(tiny_lm, fixtures, tmp_path):
-    train = {
-        "epochs": 2,
-        "batch_size": 4,
-        "group_by_length": False,
-        "dropout": 0.0,
-        "log_every": 1,
-        "precision": "fp32",
-    }
-    cfg = sft_config(
-        tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", train=train, lora={"r": 4, "alpha": 8, "dropout": 0.0}
-    )
+    train = EXACT | {"epochs": 2, "batch_size": 4}
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    cfg = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", train=train, lora=lora)
     cfg["eval"] = {"baseline": False}
-    one = api.train(cfg, quiet=True)
-    two = api.train(cfg, ["train.batch_size=2"], quiet=True, nproc=2)
-    _close_runs(one, two)
+    _one_then_two(cfg, 4)
+
+
+def test_fsdp_matches_one_process(tiny_model, tiny_lm, fixtures, tmp_path):
+    """FSDP2 (full shard) over two processes: full fine-tuning of the classifier, and LoRA SFT."""
+    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path / "bert")
+    cfg["train"] |= EXACT | {"epochs": 1, "batch_size": 16}  # BERT's layers: found (its _no_split_modules)
+    _, two = _one_then_two(cfg, 16, "fsdp")
+    assert json.loads((two / "eval.json").read_text())["tuned"]["accuracy"] > 0
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    sft = sft_config(
+        tiny_lm, tmp_path / "llama", fixtures / "oasst_20.jsonl", train=EXACT | {"batch_size": 4}, lora=lora
+    )
+    sft["train"] |= {"epochs": 2}
+    sft["eval"] = {"baseline": False}
+    _one_then_two(sft, 4, "fsdp")
+
+
+def test_fsdp_needs_a_layer_class(tiny_model, fixtures, tmp_path):
+    with pytest.raises(TunesmithError, match="Sequential names no transformer layer class"):
+        layer_classes(torch.nn.Sequential(torch.nn.Linear(2, 2)), None)
+    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path)
+    cfg["train"] |= {"distributed": {"strategy": "fsdp", "fsdp_layers": ["NoSuchLayer"]}}
+    with pytest.raises(TunesmithError, match="has no module of class NoSuchLayer"):
+        api.train(cfg, quiet=True)
 
 
 def test_a_killed_process_fails_the_run(tiny_model, fixtures, tmp_path):
@@ -99,3 +109,21 @@ def test_nproc_above_the_cores_is_refused(tiny_model, fixtures, tmp_path):
     cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path)
     with pytest.raises(TunesmithError, match="--nproc 999: this machine has"):
         api.train(cfg, nproc=999)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_two_process_run_resumes_in_one(tiny_model, fixtures, tmp_path, strategy):
+    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path)
+    cfg["train"] |= {"epochs": 2, "batch_size": 8, "checkpoint_every": 5, "distributed": {"strategy": strategy}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = os.environ | {"TUNESMITH_KILL_AT": "step@12"}  # both processes die after their 12th step
+    cmd = [sys.executable, "-m", "tunesmith", "train", str(path), "--nproc", "2", "--quiet"]
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode != 0
+    (row,) = Registry(tmp_path / "runs").list()
+    assert row["status"] == "killed"  # rank 0 died without a word: resumable
+    run_dir = api.train(None, resume=row["path"], quiet=True)
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    setups = [r for r in steps if r.get("split") == "setup"]
+    assert [r["processes"] for r in setups] == [2, 1] and setups[1]["resumed"]
+    assert Registry(tmp_path / "runs").row(run_dir)["status"] == "done"

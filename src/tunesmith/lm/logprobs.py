@@ -21,7 +21,7 @@ def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, t
     # attends across an example boundary. (transformers' own detection of packing from position_ids alone did not
     # take effect here: measured, the loss then matched the unmasked one.)
     inputs = _inputs(batch)
-    softcapped = getattr(model.config, "final_logit_softcapping", None)  # logits post-processed: the full path
+    softcapped = _full_logits(model)
     if "pred" in batch:
         if softcapped:
             return model(**inputs).logits.flatten(0, 1)[batch["pred"]], batch["targets"], batch["seq"]
@@ -34,6 +34,14 @@ def target_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, t
         return logits, labels[keep], _rows_of(keep)
     hidden, targets, rows = _target_hidden(model, batch)
     return model.get_output_embeddings()(hidden), targets, rows
+
+
+def _full_logits(model: torch.nn.Module) -> bool:
+    """The whole forward, logits at every position: where logits are post-processed (softcapping), or under FSDP,
+    whose sharded weights are gathered by the model's own forward, not when its parts are called one by one."""
+    from tunesmith.train.dist import is_sharded
+
+    return bool(getattr(model.config, "final_logit_softcapping", None)) or is_sharded(model)
 
 
 def _inputs(batch: Batch) -> dict:
@@ -59,7 +67,7 @@ def token_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Cross-entropy summed over target tokens; position t predicts token t+1. Many targets (raw text, where every
     token is one) are scored in chunks whose logits are recomputed in the backward, so the full (N, vocab) logits,
     their log-softmax and gradient (three times 800 MB for 8 x 512 tokens of a 49k vocabulary) are never held."""
-    if "pred" in batch or getattr(model.config, "final_logit_softcapping", None):
+    if "pred" in batch or _full_logits(model):
         logits, targets, _ = target_logits(model, batch)
         return F.cross_entropy(logits.float(), targets, reduction="sum")
     hidden, targets, _ = _target_hidden(model, batch)

@@ -105,6 +105,22 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     rows = [{"text": t, "label": y} for t, y in zip(prep.splits["train"].texts, prep.splits["train"].labels)]
     continual.write_replay(run_dir, rows, parent, cfg.continual, cfg.train.seed)
 
+    report = save_and_score(model, tokenizer, model_dir, enc, labels, cfg, run_dir, result)
+    if parent is not None:
+        now = continual.accuracy_on_tasks(model, tokenizer, labels, parent, cfg.train.max_length)
+        now.append(report["tuned"]["accuracy"] if has_test else float("nan"))
+        baseline = report.get("baseline", {}).get("accuracy")
+        report["continual"] = {"parent": str(parent.dir), "strategy": cfg.continual.strategy} | continual.transfer(
+            parent, run_dir, now, before, baseline, "accuracy"
+        )
+        report["continual"]["replayed_rows"] = len(enc["train"]) - len(prep.splits["train"])
+    return report
+
+
+def save_and_score(model, tokenizer, model_dir: Path, enc: dict[str, Encoded], labels: list[str], cfg: RunConfig,
+                   run_dir: Path, result, **meta) -> dict:  # fmt: skip
+    """A trained classifier: calibrated on validation, saved to model/ (with `meta` in tunesmith.json), and
+    scored on the test rows beside the baseline; returns eval.json's content so far."""
     calibration = {"temperature": 1.0, "chosen": "none", "why": "eval.calibrate is off, or no validation rows"}
     if cfg.eval.calibrate and "val" in enc and len(enc["val"]):
         val = enc["val"]
@@ -120,7 +136,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         "max_length": cfg.train.max_length,
         "lora": cfg.lora is not None,
         "parent": cfg.continual.parent,
-    }
+    } | meta
     save_model(model, tokenizer, meta, run_dir / "model")
 
     report = {
@@ -129,16 +145,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         "calibration": calibration,
         "train": result.summary() | {"truncated_train_examples": enc["train"].truncated},
     }
-    if has_test:
+    if "test" in enc and len(enc["test"]):
         report |= score_test(model, model_dir, enc, labels, temperature, cfg)
-    if parent is not None:
-        now = continual.accuracy_on_tasks(model, tokenizer, labels, parent, cfg.train.max_length)
-        now.append(report["tuned"]["accuracy"] if has_test else float("nan"))
-        baseline = report.get("baseline", {}).get("accuracy")
-        report["continual"] = {"parent": str(parent.dir), "strategy": cfg.continual.strategy} | continual.transfer(
-            parent, run_dir, now, before, baseline, "accuracy"
-        )
-        report["continual"]["replayed_rows"] = len(enc["train"]) - len(prep.splits["train"])
     return report
 
 

@@ -280,7 +280,8 @@ def make_task(model: torch.nn.Module, data: dict[str, Rollouts], cfg: RunConfig)
         return {k: v for k, v in val.greedy_scores(m, g.eval_prompts).items() if isinstance(v, float)}
 
     return Task(model=model, batches=batches, loss=loss, collate=lambda idx: train.batch(model, idx),
-                evaluate=evaluate if val is not None and len(val) else None, minimise=())  # fmt: skip
+                evaluate=evaluate if val is not None and len(val) else None, minimise=(),
+                samples_from_model=True)  # fmt: skip
 
 
 # ---- the recipe: read top to bottom ---------------------------------------------------------------------

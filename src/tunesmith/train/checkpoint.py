@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunesmith.errors import TunesmithError
 from tunesmith.files import staged_dir
 
 
@@ -42,22 +43,35 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_weights(model: torch.nn.Module, folder: Path) -> None:
-    """The trainable weights alone (all of them for full fine-tuning, the adapter for LoRA), atomically."""
+def save_weights(model: torch.nn.Module, folder: Path, weights: dict | None = None) -> None:
+    """The trainable weights alone (all of them for full fine-tuning, the adapter for LoRA; `weights`: already
+    gathered from a sharded model), atomically."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with staged_dir(folder, replace=True) as tmp:
-        save_file(trainable_state(model), tmp / "weights.safetensors")
+        save_file(trainable_state(model) if weights is None else _contiguous(weights), tmp / "weights.safetensors")
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in state.items()}
 
 
 def save_checkpoint(
-    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loop_state: dict, keep: int
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loop_state: dict,
+    keep: int,
+    weights: dict | None = None,
+    optim: dict | None = None,
 ) -> Path:
-    """checkpoints/step-N/: weights, optimiser, RNG and the loop's position; older ones pruned to `keep`."""
+    """checkpoints/step-N/: weights, optimiser, RNG and the loop's position; older ones pruned to `keep`. A sharded
+    (FSDP) model's weights and optimiser come gathered, the optimiser keyed by parameter name."""
     final = folder / f"step-{loop_state['step']}"
     folder.mkdir(parents=True, exist_ok=True)
     with staged_dir(final, replace=True, fault="checkpoint") as tmp:
-        save_file(trainable_state(model), tmp / "weights.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "loop": loop_state, "rng": rng_state()}, tmp / "state.pt")
+        save_file(trainable_state(model) if weights is None else _contiguous(weights), tmp / "weights.safetensors")
+        state = {"optimizer": optimizer.state_dict() if optim is None else optim, "sharded": optim is not None}
+        torch.save(state | {"loop": loop_state, "rng": rng_state()}, tmp / "state.pt")
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -68,9 +82,19 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def restore_checkpoint(path: Path, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def restore_checkpoint(
+    path: Path, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool = False
+) -> dict:
     """Weights from path, optimiser and RNG from `saved` (its state.pt, already loaded); the loop state back."""
-    load_trainable(model, load_file(path / "weights.safetensors"))
-    optimizer.load_state_dict(saved["optimizer"])
+    if saved.get("sharded", False) != sharded:
+        was = "fsdp" if saved.get("sharded") else "ddp (or one process)"
+        raise TunesmithError(f"{path}: written under train.distributed.strategy {was}; resume with that strategy")
+    if sharded:
+        from tunesmith.train.dist import load_full_state
+
+        load_full_state(model, optimizer, load_file(path / "weights.safetensors"), saved["optimizer"])
+    else:
+        load_trainable(model, load_file(path / "weights.safetensors"))
+        optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"])
     return saved["loop"]

@@ -7,6 +7,11 @@ The loop sums them itself, in one flat all-reduce after the last micro-batch, ra
 DDP syncs only what runs through the wrapper's forward, and tunesmith's losses call parts of the model (the
 decoder, then the LM head on the target positions only).
 
+With train.distributed.strategy fsdp, PyTorch's FSDP2 (fully_shard) shards a copy of the model instead: each
+transformer layer, then the rest; the gradients are reduce-scattered by FSDP itself. The method's model object stays
+whole (on the CPU) and gets the trained weights back at the end, so that what follows training (evaluation, saving)
+is the same code as in one process.
+
 Rank 0 alone writes (run folder, registry, checkpoints, logs, report) and prepares the data; the other ranks train
 and exit when the loop ends (WorkerDone).
 """
@@ -39,20 +44,28 @@ class World:
 
 
 def launched() -> bool:
-    """This process is one of several (a launcher set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """A launcher (Accelerate's, torchrun) started this process, perhaps as one of several."""
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def start(device_type: str, timeout_s: float) -> World:
+def start(device_type: str, timeout_s: float, sharded: bool = False) -> World:
     """The process group, once per process (Accelerate's PartialState): gloo where the run is on the CPU. A rank that
-    stops answering fails the others after timeout_s instead of leaving them waiting for ever."""
-    if not launched():
-        return World()
+    stops answering fails the others after timeout_s instead of leaving them waiting for ever. FSDP needs a group
+    even in one process: a group of one, then."""
     import torch.distributed as dist
-    from accelerate import PartialState
 
-    if not dist.is_initialized():
-        PartialState(cpu=device_type == "cpu", timeout=timedelta(seconds=timeout_s))
+    if dist.is_initialized():
+        return current()
+    wait = timedelta(seconds=timeout_s)
+    if launched():
+        from accelerate import PartialState
+
+        PartialState(cpu=device_type == "cpu", timeout=wait)
+    elif sharded:
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, timeout=wait
+        )
     return current()
 
 
@@ -93,7 +106,8 @@ def sum_floats(values: list[float], world: World) -> list[float]:
         return values
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None  # NCCL: GPU only
+    t = torch.tensor(values, dtype=torch.float64, device=on)
     dist.all_reduce(t)
     return t.tolist()
 
@@ -131,6 +145,67 @@ def finish(world: World) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def shard(model: torch.nn.Module, world: World, device: torch.device, names: list[str] | None) -> torch.nn.Module:
+    """A copy of the model, sharded by FSDP2 over the ranks: each transformer layer, then the rest. The model itself
+    goes to the CPU, whole, until unshard_into gives it the trained weights."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    from tunesmith.models.layers import layer_classes
+
+    classes = layer_classes(model, names)
+    model.to("cpu")
+    sharded = copy.deepcopy(model).to(device)
+    try:
+        for module in sharded.modules():
+            if type(module) in classes:
+                fully_shard(module)
+        fully_shard(sharded)
+    except ValueError as err:  # e.g. a weight tied across two layers
+        raise TunesmithError(f"train.distributed.fsdp_layers: FSDP cannot shard this model so: {err}") from None
+    return sharded
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state(model: torch.nn.Module, world: World, trainable_only: bool = True) -> dict[str, torch.Tensor]:
+    """The whole weights of a sharded model, gathered (every rank takes part; rank 0 receives them, on the CPU)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if trainable_only:
+        keep = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in keep}
+    return state
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim: dict) -> None:
+    """A gathered checkpoint back into a sharded model and its optimiser (any process count)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim, options=options)
+
+
+def unshard_into(model: torch.nn.Module, sharded: torch.nn.Module, world: World, device: torch.device) -> None:
+    """The trained weights of the sharded copy into the whole model, on rank 0, back on the training device."""
+    state = full_state(sharded, world, trainable_only=False)
+    if world.main:
+        model.load_state_dict(state)
+        model.to(device)
 
 
 def free_port() -> int:

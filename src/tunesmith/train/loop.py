@@ -70,12 +70,14 @@ class Task:
     split: Callable[[object, int], Sequence] | None = None
     head_names: tuple[str, ...] = ()  # parameter-name parts that get train.head_lr
     minimise: tuple[str, ...] = ("loss",)  # validation metrics where lower is better (the rest: higher)
+    samples_from_model: bool = False  # collate generates with the model (RL): it must be the model that trains
 
 
 def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> FitResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    world = dist.start(device.type, cfg.distributed.timeout_s)  # one of several processes: see train/dist.py
+    fsdp = cfg.distributed.strategy == "fsdp"
+    world = dist.start(device.type, cfg.distributed.timeout_s, fsdp)  # one of several processes: see train/dist.py
     device = dist.device_for(device, world)
     ckpt_dir = run_dir / "checkpoints"
     found = list_checkpoints(ckpt_dir) if resume else []
@@ -87,6 +89,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     else:
         precision, reason = pick_precision(cfg.precision, device)
     precision, reason = dist.broadcast((precision, reason), world)  # a timing probe could answer per rank
+    if fsdp and (precision == "fp16" or task.samples_from_model):
+        why = "fp16 (use bf16 or fp32)" if precision == "fp16" else "a method that samples from the model it trains"
+        raise TunesmithError(f"train.distributed.strategy fsdp does not run {why}; or use strategy: ddp")
     threads = cfg.threads or (dist.threads_for(world) if world.size > 1 else None)
     if threads:
         torch.set_num_threads(threads)
@@ -96,9 +101,11 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     if task.setup:
         task.setup(device)
     dist.same_start(model, world)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    net = dist.shard(model, world, device, cfg.distributed.fsdp_layers) if fsdp else model  # what trains
+    ranks_averaged = world.size if fsdp else 1  # FSDP averages gradients over the ranks; the loop wants their sum
+    trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = build_optimizer(
-        model,
+        net,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         head_lr=cfg.head_lr,
@@ -122,7 +129,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
 
     state = LoopState(precision=precision)
     if saved:
-        state = LoopState(**restore_checkpoint(found[-1], saved, model, optimizer))
+        state = LoopState(**restore_checkpoint(found[-1], saved, net, optimizer, sharded=fsdp))
     log = MetricsLog(run_dir, state.step if resume else None) if world.main else None
     _write(
         log,
@@ -139,7 +146,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         },
     )
     progress = Progress(total, quiet=quiet or not world.main, start=state.step)
-    model.train()
+    net.train()
     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
     clock = time.perf_counter()  # train_seconds: wall time of the loop (batching and checkpoints included)
     try:
@@ -163,15 +170,16 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 step_loss, step_metrics = 0.0, defaultdict(float)
                 for batch in group:
                     with autocast(device, precision):
-                        loss, metrics = _split(task.loss(model, _move(batch, device)))
+                        loss, metrics = _split(task.loss(net, _move(batch, device)))
                         loss = loss * (weight / denom)
-                    (scaler.scale(loss) if scaler else loss).backward()
+                    (scaler.scale(loss) if scaler else loss * ranks_averaged).backward()
                     step_loss += loss.item()
                     for key, value in metrics.items():
                         step_metrics[key] += weight * float(value) / denom
-                synced = time.perf_counter()
-                dist.sum_gradients(trainable, world)
-                state.sync_seconds += time.perf_counter() - synced
+                if not fsdp:  # FSDP has reduce-scattered them in the backward
+                    synced = time.perf_counter()
+                    dist.sum_gradients(trainable, world)
+                    state.sync_seconds += time.perf_counter() - synced
                 counts = [
                     weight * sum(int(b.get(k, 0)) for b in group) for k in ("examples", "tokens", "target_tokens")
                 ]
@@ -182,9 +190,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     running_metrics[key] += value
                 if scaler:
                     scaler.unscale_(optimizer)
-                grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm).item() if cfg.max_grad_norm else None
-                )
+                grad_norm = _clip(trainable, cfg.max_grad_norm) if cfg.max_grad_norm else None
                 if scaler:
                     scaler.step(optimizer)
                     scaler.update()
@@ -216,16 +222,17 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     _write(log, row)
                     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
                 if task.evaluate and (step % eval_every == 0 or step == total):
-                    _evaluate(task, model, state, cfg, log, progress, ckpt_dir, world)
+                    _evaluate(task, net, state, cfg, log, progress, ckpt_dir, world)
                     state.eval_seconds += time.perf_counter() - clock  # validation is not training time
                     clock = time.perf_counter()
-                if step % cfg.checkpoint_every == 0 and step < total and world.main:
-                    save_checkpoint(ckpt_dir, model, optimizer, state.to_dict(), cfg.keep_checkpoints)
-                    release_freed_memory()  # the serialisation buffers (weights + optimiser) were just freed
+                if step % cfg.checkpoint_every == 0 and step < total:
+                    _checkpoint(net, optimizer, state, cfg, ckpt_dir, world, fsdp)
     finally:
         progress.close()
         if log:
             log.close()
+    if fsdp:
+        dist.unshard_into(model, net, world, device)
     dist.finish(world)
     if not world.main:
         raise dist.WorkerDone
@@ -257,6 +264,19 @@ def _split(out: Loss) -> tuple[torch.Tensor, dict]:
     return out if isinstance(out, tuple) else (out, {})
 
 
+def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a sharded norm
+
+
+def _checkpoint(net, optimizer, state: LoopState, cfg: TrainConfig, ckpt_dir: Path, world: dist.World, fsdp: bool):
+    """Rank 0 writes it; under FSDP every rank first takes part in gathering the whole weights and optimiser."""
+    gathered = (dist.full_state(net, world), dist.full_optimizer_state(net, optimizer)) if fsdp else (None, None)
+    if world.main:
+        save_checkpoint(ckpt_dir, net, optimizer, state.to_dict(), cfg.keep_checkpoints, *gathered)
+        release_freed_memory()  # the serialisation buffers (weights + optimiser) were just freed
+
+
 def _write(log: MetricsLog | None, row: dict) -> None:
     if log is not None:  # rank 0's
         log.write(row)
@@ -276,9 +296,11 @@ def _evaluate(
     ckpt_dir: Path,
     world: dist.World,
 ) -> None:
-    """Rank 0 validates; every rank takes its metrics, so that all stop early at the same step."""
+    """Rank 0 validates (under FSDP every rank, since each forward gathers from all); every rank takes rank 0's
+    metrics, so that all stop early at the same step."""
+    sharded = dist.is_sharded(model)
     metrics = None
-    if world.main:
+    if world.main or sharded:
         model.eval()
         with torch.no_grad():
             metrics = task.evaluate(model)
@@ -301,8 +323,9 @@ def _evaluate(
     lower = metric in task.minimise
     if state.best is None or (value < state.best - stop.min_delta if lower else value > state.best + stop.min_delta):
         state.best, state.best_metrics, state.bad_evals = value, {"step": state.step, **metrics}, 0
+        weights = dist.full_state(model, world) if sharded else None
         if world.main:
-            save_weights(model, ckpt_dir / "best")
+            save_weights(model, ckpt_dir / "best", weights)
     else:
         state.bad_evals += 1
         if state.bad_evals >= stop.patience:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,27 +54,30 @@ def told_run_dir() -> bool:
 
 
 def _run_launcher(argv: list[str], told: Path) -> str | None:
-    """Accelerate's launcher, in this process (its agent starts the ranks): None when every rank ended well, else
-    which rank failed first and how (its own error is printed above)."""
+    """Accelerate's launcher (its torchrun agent starts the ranks) in a process of its own, so that its signal
+    handlers, environment and threads never touch the caller's: None when every rank ended well, else which rank
+    failed first and how (its own error is printed above)."""
+    failure = told.with_name("failure")
+    env = os.environ | {RUN_DIR_FILE: str(told)}
+    code = subprocess.run([sys.executable, "-m", "tunesmith.launch", str(failure), *argv], env=env).returncode
+    if code == 0:
+        return None
+    return failure.read_text() if failure.is_file() else f"the launcher stopped (exit code {code})"
+
+
+def _agent(failure: Path, argv: list[str]) -> int:
+    """The launcher process: 0 when every rank ended well, else 1 with what failed first in `failure`."""
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    args = launch_command_parser().parse_args(argv)
-    before = os.environ.get(RUN_DIR_FILE)
-    os.environ[RUN_DIR_FILE] = str(told)
     try:
-        launch_command(args)
+        launch_command(launch_command_parser().parse_args(argv))
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
-        signal_name = failure.signal_name()
-        how = f"it was killed by {signal_name}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
-        return f"process {rank} stopped first ({how})"
-    finally:
-        if before is None:
-            os.environ.pop(RUN_DIR_FILE, None)
-        else:
-            os.environ[RUN_DIR_FILE] = before
-    return None
+        rank, how = err.get_first_failure()
+        why = f"it was killed by {how.signal_name()}" if how.exitcode < 0 else f"exit code {how.exitcode}"
+        failure.write_text(f"process {rank} stopped first ({why})")
+        return 1
+    return 0
 
 
 def tell_run_dir(run_dir: Path | None, world: dist.World) -> Path | None:
@@ -101,3 +106,7 @@ def fail_on_sigterm() -> None:
         raise TunesmithError("stopped: another process of this run failed (or the launcher was stopped)")
 
     signal.signal(signal.SIGTERM, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(_agent(Path(sys.argv[1]), sys.argv[2:]))

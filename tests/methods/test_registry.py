@@ -35,7 +35,7 @@ def test_every_method_declares_what_the_rest_reads():
     for m in methods.registry().values():
         assert m.shapes and set(m.shapes) <= set(SHAPES) and m.scores and m.val_metrics and m.headline
         assert set(m.headline) <= {key for key, _ in m.scores}
-        assert all(o.split(".")[0] in ("train", "eval", "continual") for o in m.options)
+        assert all(o.split(".")[0] in ("train", "eval", "continual", "data") for o in m.options)
 
 
 def cfg(**extra):

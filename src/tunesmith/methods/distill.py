@@ -91,7 +91,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         ce = F.cross_entropy(logits, batch["labels"], reduction="none")
         hard = batch["hard"]
         total = torch.where(hard, d.alpha * kl + (1 - d.alpha) * ce, kl)
-        return total.sum(), {"kl": kl.sum(), "ce": (ce * hard).sum()}
+        return total.sum(), {"kl": kl.detach().sum(), "ce": (ce * hard).detach().sum()}
 
     def collate(idx) -> Batch:
         return enc["train"].collate(idx) | {"soft": soft["logits"][idx], "hard": has_label[idx]}

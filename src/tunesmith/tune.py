@@ -304,8 +304,8 @@ def _trial_row(t) -> dict:
 
 
 def _importances(search) -> dict[str, float]:
-    """Optuna's parameter importances (fANOVA), where the finished trials allow them (two at least, and values
-    that differ)."""
+    """Optuna's parameter importances (its default evaluator: PED-ANOVA in optuna 5), where the finished trials
+    allow them (two at least, and values that differ)."""
     import optuna
 
     try:

@@ -19,7 +19,7 @@ def write_study_report(folder: Path, result: dict) -> Path:
     figures = [
         ("Optimisation history", _history(result)),
         ("Validation curves (what pruning compared)", _curves(result)),
-        ("Parameter importances (Optuna, fANOVA)", _importances(result["importances"])),
+        ("Parameter importances (Optuna, PED-ANOVA)", _importances(result["importances"])),
     ]
     atomic_write(folder / "report.html", PAGE.render(r=result, figures=figures, keys=keys))
     return folder / "report.html"

@@ -111,8 +111,11 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     )
     result = fit(task, t, run_dir, resume=resume, quiet=quiet)
     student.eval()
-    base = zoo.resolve(cfg.model)  # the baseline: model's frozen encoder, as for classify
-    report = save_and_score(student, tokenizer, base, enc, labels, cfg, run_dir, result, teacher=str(teacher_dir))
+    base = zoo.resolve(cfg.model)  # the baseline: model's frozen encoder, as for classify, fitted on labelled rows
+    labelled_rows = enc["train"].subset(np.arange(labelled))
+    labelled_rows.truncated = enc["train"].truncated
+    scored = enc | {"train": labelled_rows}
+    report = save_and_score(student, tokenizer, base, scored, labels, cfg, run_dir, result, teacher=str(teacher_dir))
     report["distill"] = {"teacher": str(teacher_dir), "unlabeled_rows": len(unlabeled), "layers_kept": kept}
     if "test" in enc and len(enc["test"]):
         report["teacher"] = _teacher_scores(teacher_dir, splits["test"], enc["test"], labels, cfg)

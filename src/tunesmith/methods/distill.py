@@ -10,6 +10,7 @@ freed before the first step. The report scores student and teacher on the same t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -24,14 +25,13 @@ from tunesmith.data.readers import read_records
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.classifier import Encoded, predict_logits
 from tunesmith.methods import Method
-from tunesmith.methods.classify import logit_metrics, save_and_score, score_logits
+from tunesmith.methods.classify import make_task, save_and_score, score_logits
 from tunesmith.models import zoo
-from tunesmith.models.build import HEAD_NAMES, build_classifier, freeze_embeddings
+from tunesmith.models.build import build_classifier, freeze_embeddings
 from tunesmith.models.layers import keep_layers
 from tunesmith.models.saved import CLASSIFIER, load_classifier, read_meta
 from tunesmith.runs import find_run_dir
-from tunesmith.train.batches import order_batches, splitter
-from tunesmith.train.loop import Batch, Task, fit
+from tunesmith.train.loop import Batch, fit
 
 
 class DistillConfig(Strict):
@@ -81,8 +81,6 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
         rows = Encoded(teacher_tok, splits["train"], labels, meta["max_length"])
         soft["logits"] = torch.from_numpy(predict_logits(teacher.to(device), rows))
 
-    t = cfg.train
-
     def loss(m: torch.nn.Module, batch: Batch):
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         temp = d.temperature
@@ -96,20 +94,9 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     def collate(idx) -> Batch:
         return enc["train"].collate(idx) | {"soft": soft["logits"][idx], "hard": has_label[idx]}
 
-    val = enc.get("val")
-    task = Task(
-        model=student,
-        batches=lambda epoch: order_batches(enc["train"].lengths, t.batch_size, t.seed + epoch, t.group_by_length),
-        loss=loss,
-        collate=collate,
-        evaluate=(lambda m: logit_metrics(predict_logits(m, val, max(t.batch_size, 64)), val.labels))
-        if val is not None and len(val)
-        else None,
-        setup=setup,
-        split=splitter(enc["train"].lengths),
-        head_names=HEAD_NAMES,
-    )
-    result = fit(task, t, run_dir, resume=resume, quiet=quiet)
+    task = dataclasses.replace(make_task(student, enc["train"], enc.get("val"), cfg), loss=loss, collate=collate,
+                               setup=setup)  # fmt: skip
+    result = fit(task, cfg.train, run_dir, resume=resume, quiet=quiet)
     student.eval()
     base = zoo.resolve(cfg.model)  # the baseline: model's frozen encoder, as for classify, fitted on labelled rows
     labelled_rows = enc["train"].subset(np.arange(labelled))
@@ -118,8 +105,13 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     report = save_and_score(student, tokenizer, base, scored, labels, cfg, run_dir, result, teacher=str(teacher_dir))
     report["distill"] = {"teacher": str(teacher_dir), "unlabeled_rows": len(unlabeled), "layers_kept": kept}
     if "test" in enc and len(enc["test"]):
-        report["teacher"] = _teacher_scores(teacher_dir, splits["test"], enc["test"], labels, cfg)
-        report["distill"] |= _sizes_and_speed(student, teacher_dir, enc["test"])
+        teacher, teacher_tok, teacher_meta = load_classifier(teacher_dir / "model")
+        teacher_test = Encoded(teacher_tok, splits["test"], labels, teacher_meta["max_length"])
+        logits = predict_logits(teacher, teacher_test)
+        report["teacher"] = score_logits(
+            logits, teacher_test.labels, labels, teacher_meta["temperature"], cfg.eval.bins
+        )
+        report["distill"] |= _sizes_and_speed((student, enc["test"]), (teacher, teacher_test))
         share = report["tuned"]["accuracy"] / max(report["teacher"]["accuracy"], 1e-9)
         report["distill"]["accuracy_share_of_teacher"] = share
     return report
@@ -153,17 +145,10 @@ def _unlabeled(cfg: RunConfig) -> list[str]:
     return texts
 
 
-def _teacher_scores(teacher_dir: Path, split: Split, student_enc: Encoded, labels: list[str], cfg: RunConfig) -> dict:
-    teacher, tok, meta = load_classifier(teacher_dir / "model")
-    enc = Encoded(tok, split, labels, meta["max_length"])
-    return score_logits(predict_logits(teacher, enc), enc.labels, labels, meta["temperature"], cfg.eval.bins)
-
-
-def _sizes_and_speed(student: torch.nn.Module, teacher_dir: Path, test: Encoded) -> dict:
-    """Weights and the median latency of one test row at a time (up to 100 rows), student and teacher alike."""
-    teacher, _, _ = load_classifier(teacher_dir / "model")
+def _sizes_and_speed(student: tuple[torch.nn.Module, Encoded], teacher: tuple[torch.nn.Module, Encoded]) -> dict:
+    """Weights and the median latency of one test row at a time (up to 100 rows), each model on its own tokens."""
     out = {}
-    for who, model in (("student", student), ("teacher", teacher)):
+    for who, (model, test) in (("student", student), ("teacher", teacher)):
         out[f"{who}_params"] = sum(p.numel() for p in model.parameters())
         out[f"{who}_p50_ms"] = _p50_ms(model, test)
     out["latency_ratio"] = out["student_p50_ms"] / out["teacher_p50_ms"]

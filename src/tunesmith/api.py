@@ -60,8 +60,7 @@ def train(
     except Exception as err:
         if world.size == 1 or isinstance(err, TunesmithError):
             raise
-        # one line per process, not a traceback each (the registry row and error.log keep it)
-        raise TunesmithError(f"process 0 of {world.size} stopped: {type(err).__name__}: {err}") from None
+        raise _one_line(err, world) from None
     finally:
         if not told_run_dir():  # the other ranks wait for the run folder: None tells them there is nothing to train
             tell_run_dir(None, world)
@@ -133,8 +132,10 @@ def _start_world(config, overrides: list[str] | None, resume: str | Path | None)
     """This process's place among several (a launcher started them), with its process group; one of one else."""
     if not dist.launched():
         return dist.World()
-    cfg = load_config(find_run_dir(resume) / "config.yaml", overrides) if resume is not None else None
-    cfg = cfg or _as_config(config, overrides)
+    if resume is not None:
+        cfg = load_config(find_run_dir(resume) / "config.yaml", overrides)
+    else:
+        cfg = _as_config(config, overrides)
     world = dist.start(pick_device(cfg.train.device).type, cfg.train.distributed.timeout_s)
     fail_on_sigterm()
     return world
@@ -152,8 +153,14 @@ def _train_worker(world: dist.World) -> None:
     except TunesmithError:
         raise
     except Exception as err:  # most often: rank 0 stopped, and this rank's next collective failed
-        raise TunesmithError(f"process {world.rank} of {world.size} stopped: {type(err).__name__}: {err}") from None
+        raise _one_line(err, world) from None
     return None
+
+
+def _one_line(err: Exception, world: dist.World) -> TunesmithError:
+    """A process of a multi-process run that failed: one line each, not a traceback each (rank 0's registry row and
+    error.log keep it)."""
+    return TunesmithError(f"process {world.rank} of {world.size} stopped: {type(err).__name__}: {err}")
 
 
 def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], None] | None) -> None:

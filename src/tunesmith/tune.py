@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tunesmith import methods
 from tunesmith.config import RunConfig, SearchParam, config_from_dict, dump_config
 from tunesmith.errors import TunesmithError
 from tunesmith.files import write_json
+from tunesmith.runs import HOST
 from tunesmith.train.loop import ON_EVAL
 
 STUDIES = "studies.sqlite"  # beside registry.sqlite in the output folder
@@ -76,7 +76,8 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = _study(plan, seed_offset=0)
     _fail_stale(search)
-    done = len(search.get_trials(deepcopy=False, states=_FINISHED()))
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(search.get_trials(deepcopy=False, states=finished))
     remaining = max(0, trials - done)
     started = time.perf_counter()
     if parallel == 1:
@@ -146,15 +147,9 @@ def _check_key(base: dict, key: str, param: SearchParam) -> None:
                 f"search.space.{key}: choices must be numbers, strings, booleans or null; got {value!r}"
             )
         try:
-            config_from_dict(base, f"search.space.{key}", [f"{key}={json.dumps(value)}"])
+            config_from_dict(base, f"search.space.{key}", _as_overrides({key: value}))
         except TunesmithError as err:
             raise TunesmithError(f"search.space.{key} = {value!r} is not a valid config value:\n{err}") from None
-
-
-def _FINISHED():  # noqa: N802 - a constant that needs optuna, imported late
-    from optuna.trial import TrialState
-
-    return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _study(plan: Plan, seed_offset: int):
@@ -183,7 +178,7 @@ def _fail_stale(search) -> None:
 
     for t in search.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, host = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if host == socket.gethostname() and not (pid and psutil.pid_exists(pid)):
+        if host == HOST and not (pid and psutil.pid_exists(pid)):
             search._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
@@ -209,10 +204,10 @@ def objective(trial, plan: Plan) -> float:
     from tunesmith import api
 
     trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("host", HOST)
     params = {key: _suggest(trial, key, SearchParam(**p)) for key, p in plan.space.items()}
     name = f"{plan.study}-t{trial.number:03d}"
-    overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    overrides = _as_overrides(params)
     overrides += [f"name={name}", "eval.test=false", f"output_dir={plan.output_dir}"]
     overrides += [f"train.threads={plan.threads}"] * bool(plan.threads)
     validations = 0
@@ -241,6 +236,11 @@ def objective(trial, plan: Plan) -> float:
     return float(scores[plan.metric])
 
 
+def _as_overrides(params: dict) -> list[str]:
+    """Values for dotted config keys as --set overrides (JSON is YAML, so strings and numbers keep their type)."""
+    return [f"{k}={json.dumps(v)}" for k, v in params.items()]
+
+
 def _suggest(trial, key: str, p: SearchParam):
     if p.choices is not None:
         return trial.suggest_categorical(key, p.choices)
@@ -263,7 +263,7 @@ def finish(plan: Plan, search, compare_default: bool, wall: float) -> Path:
     if not complete:
         raise TunesmithError(f"study {plan.study}: no trial finished (all pruned or failed); see {folder}")
     best = search.best_trial
-    best_cfg = config_from_dict(plan.base, "(best trial)", [f"{k}={json.dumps(v)}" for k, v in best.params.items()])
+    best_cfg = config_from_dict(plan.base, "(best trial)", _as_overrides(best.params))
     (folder / "best.yaml").write_text(dump_config(best_cfg))
     best_run = Path(best.user_attrs["run"])
     result = {

@@ -285,11 +285,12 @@ def generate(
     top_p: float = 1.0,
     stop: list[str] | None = None,
     repetition_penalty: float = REPETITION_PENALTY,
+    fmt: str | None = None,
 ) -> list[str]:
-    """Replies of a run's causal LM to single-turn prompts, with its chat template; a reply ends before the first
-    of the `stop` strings."""
+    """Replies of a run's causal LM (or its `fmt` export) to single-turn prompts, with its chat template; a reply
+    ends before the first of the `stop` strings."""
     sampling = Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
-    return Generator.load(run).replies([[{"role": "user", "content": p}] for p in prompts], sampling)
+    return Generator.load(run, fmt).replies([[{"role": "user", "content": p}] for p in prompts], sampling)
 
 
 def chat(
@@ -301,15 +302,33 @@ def chat(
     top_p: float = 0.9,
     stop: list[str] | None = None,
     repetition_penalty: float = REPETITION_PENALTY,
+    fmt: str | None = None,
 ) -> ChatSession:
-    """A conversation with a run's causal LM: `session.send(text)` yields the reply as it is generated."""
+    """A conversation with a run's causal LM (or its `fmt` export): `session.send(text)` yields the reply as it is
+    generated."""
     sampling = Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
-    return ChatSession(Generator.load(run), system=system, sampling=sampling)
+    return ChatSession(Generator.load(run, fmt), system=system, sampling=sampling)
 
 
-def predict(run: str | Path, texts: list[str], *, top_k: int | None = None) -> list[dict]:
-    """Label, calibrated confidence and per-label probabilities for each text."""
-    return Classifier.load(run).predict(texts, top_k=top_k)
+def predict(run: str | Path, texts: list[str], *, top_k: int | None = None, fmt: str | None = None) -> list[dict]:
+    """Label, calibrated confidence and per-label probabilities for each text, from the run's model or its `fmt`
+    export."""
+    return Classifier.load(run, fmt).predict(texts, top_k=top_k)
+
+
+def export(
+    run: str | Path,
+    fmt: str,
+    *,
+    gguf_type: str = "q8_0",
+    min_agreement: float | None = None,
+    output_dir: str | Path | None = None,
+) -> dict:
+    """The run's model as onnx, int8, gguf or merged, in run_dir/exports/FORMAT, checked against the model
+    (see tunesmith.release.export); returns what export.json records."""
+    from tunesmith.release.export import export as write
+
+    return write(run, fmt, gguf_type=gguf_type, min_agreement=min_agreement, output_dir=output_dir)
 
 
 def evaluate(
@@ -418,6 +437,7 @@ __all__ = [
     "train",
     "prepare_data",
     "predict",
+    "export",
     "generate",
     "chat",
     "evaluate",
@@ -436,16 +456,17 @@ def serve_app(
     log_text: bool = False,
     retention_days: float | None = 30.0,
     store: str | Path | None = None,
+    fmt: str | None = None,
     **limits,
 ):
-    """The FastAPI app that serves these runs (OpenAI-compatible; see tunesmith.serve). `limits` are the fields of
-    serve.served.Limits (max_batch, max_queue, wait_ms, max_tokens, max_prompt_tokens, max_body_bytes,
-    max_texts)."""
+    """The FastAPI app that serves these runs (OpenAI-compatible; see tunesmith.serve), or their `fmt` exports.
+    `limits` are the fields of serve.served.Limits (max_batch, max_queue, wait_ms, max_tokens, max_prompt_tokens,
+    max_body_bytes, max_texts)."""
     from tunesmith.serve.served import Limits
     from tunesmith.serve.server import make_app
 
     return make_app(runs, api_key=api_key, limits=Limits(**limits), log_text=log_text,
-                    retention_days=retention_days, store=Path(store) if store else None)  # fmt: skip
+                    retention_days=retention_days, store=Path(store) if store else None, fmt=fmt)  # fmt: skip
 
 
 def serve(app, *, host: str = "127.0.0.1", port: int = 8000) -> None:

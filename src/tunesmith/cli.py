@@ -151,11 +151,12 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Rows generated together.")] = 32,
     max_queue: Annotated[int, typer.Option(help="Requests waiting per model before 429.")] = 256,
     max_tokens: Annotated[int, typer.Option(help="The most new tokens a request may ask for.")] = 512,
+    fmt: Annotated[str | None, typer.Option("--format", help=FORMAT_HELP + " for every run served.")] = None,
 ):
     """Serve runs over an OpenAI-compatible HTTP API (chat, completions, embeddings, classify, feedback, metrics)."""
     api = _api()
     options = {"api_key": api_key, "log_text": log_text, "retention_days": retention_days or None, "store": store,
-               "max_batch": max_batch, "max_queue": max_queue, "max_tokens": max_tokens}  # fmt: skip
+               "max_batch": max_batch, "max_queue": max_queue, "max_tokens": max_tokens, "fmt": fmt}  # fmt: skip
     app_ = api.serve_app(runs, **options)
     err.print(
         f"serving {', '.join(app_.state.served)} on http://{host}:{port} (OpenAI base URL: http://{host}:{port}/v1)"
@@ -314,10 +315,11 @@ def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to label.")] = None,
     file: Annotated[Path | None, typer.Option(help="A file with one text per line ('-' for stdin).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines with all probabilities.")] = False,
+    fmt: Annotated[str | None, typer.Option("--format", help=FORMAT_HELP + " (onnx, int8, merged).")] = None,
 ):
     """Classify texts with a run's model (calibrated probabilities)."""
     items = _inputs(texts, file, "nothing to predict: give texts as arguments or --file")
-    for text, res in zip(items, _api().predict(run, items)):
+    for text, res in zip(items, _api().predict(run, items, fmt=fmt)):
         if as_json:
             print(json.dumps({"text": text} | res))
         else:
@@ -325,6 +327,8 @@ def predict(
 
 
 STOP_HELP = "End a reply before this text (repeat for several)."
+FORMAT_HELP = "Use the run's export of this format (see `tunesmith export`)"
+GEN_FORMAT_HELP = FORMAT_HELP + " (gguf, int8, merged)."
 PENALTY_HELP = "Above 1, tokens already in the text become less likely (breaks the loops of small models)."
 
 
@@ -342,6 +346,7 @@ def generate(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
     repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = REPETITION_PENALTY,
+    fmt: Annotated[str | None, typer.Option("--format", help=GEN_FORMAT_HELP)] = None,
 ):
     """Replies of a run's model to prompts (greedy at temperature 0), batched."""
     items = _inputs(text, prompts, "nothing to generate: give prompts as arguments or --prompts FILE")
@@ -353,6 +358,7 @@ def generate(
         top_p=top_p,
         stop=stop,
         repetition_penalty=repetition_penalty,
+        fmt=fmt,
     )
     lines = [json.dumps({"prompt": p, "reply": r}, ensure_ascii=False) for p, r in zip(items, replies)]
     if out_file:
@@ -372,6 +378,7 @@ def chat(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
     stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
     repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = REPETITION_PENALTY,
+    fmt: Annotated[str | None, typer.Option("--format", help=GEN_FORMAT_HELP)] = None,
 ):
     """Talk to a run's model; replies stream as they are generated. An empty line, 'exit' or Ctrl-D ends it."""
     session = _api().chat(
@@ -382,6 +389,7 @@ def chat(
         top_p=top_p,
         stop=stop,
         repetition_penalty=repetition_penalty,
+        fmt=fmt,
     )
     while True:
         try:
@@ -422,6 +430,36 @@ def _read_lines(path: Path) -> str:
     from tunesmith.data.readers import read_text
 
     return read_text(path)
+
+
+@app.command("export")
+@user_errors
+def export_(
+    run: Annotated[str, typer.Argument(help="Run directory, id or name.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="onnx | int8 (classifiers: ONNX; causal LMs: torchao) | gguf (causal LMs) | merged."
+        ),
+    ],  # fmt: skip
+    gguf_type: Annotated[str, typer.Option(help="GGUF weights: q8_0, f16 or f32.")] = "q8_0",
+    min_agreement: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Refuse an export that agrees less with the model (default: 0.98 of "
+            "test labels; 0.5 of greedy tokens).",
+        ),
+    ] = None,  # fmt: skip
+):
+    """A run's model in a deployable format, checked against the model on its test data."""
+    res = _api().export(run, fmt, gguf_type=gguf_type, min_agreement=min_agreement)
+    check = res["check"]
+    extra = "".join(f", {k} {v}" for k, v in check.items() if k.startswith(("accuracy", "exact")))
+    out.print(f"{res['format']}: {res['folder']} ({res['size_mb']} MB; the model: {res['source_size_mb']} MB)",
+              highlight=False, markup=False)  # fmt: skip
+    out.print(f"agreement {check['agreement']} of {check['measure']}{extra}", highlight=False, markup=False)
 
 
 @app.command("eval")

@@ -416,6 +416,25 @@ CASES = [
     Case("resume an unknown run", ["train", "--resume", "nosuchrun"], 2, ("no run 'nosuchrun'",)),
     Case("predict a killed run", ["predict", "{killed}", "hi"], 2, ("is killed", "--resume")),
     Case("runs show an unknown run", ["runs", "show", "nosuchrun", "--dir", "{ws}/runs"], 2, ("no run 'nosuchrun'",)),
+    Case(
+        "export a classifier to GGUF",
+        ["export", "{done}", "--format", "gguf"],
+        2,
+        ("cannot export a classifier", "GGUF holds causal LMs", "onnx, int8, merged"),
+    ),  # fmt: skip
+    Case(
+        "export to an unknown format",
+        ["export", "{done}", "--format", "tflite"],
+        2,
+        ("'tflite' is not one of onnx, int8, gguf, merged",),
+    ),  # fmt: skip
+    Case(
+        "predict with an export not made",
+        ["predict", "{done}", "hi", "--format", "onnx"],
+        2,
+        ("has no onnx export", "tunesmith export"),
+    ),  # fmt: skip
+    Case("export a failed run", ["export", "{failed}", "--format", "onnx"], 2, ("is failed",)),
 ]
 
 

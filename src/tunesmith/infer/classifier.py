@@ -68,7 +68,7 @@ class Encoded:
 def predict_logits(model: torch.nn.Module, data: Encoded, batch_size: int = 64) -> np.ndarray:
     """Logits in the data's order; batches run longest first so that each pads little. The model should be in
     eval mode: this never switches it (another thread may be using it)."""
-    device = next(model.parameters()).device
+    device = model.device if hasattr(model, "device") else next(model.parameters()).device
     order = np.argsort(-data.lengths, kind="stable")
     out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     for i in range(0, len(order), batch_size):
@@ -87,8 +87,9 @@ class Classifier:
         self.labels: list[str] = meta["labels"]
 
     @classmethod
-    def load(cls, run: str | Path) -> Classifier:
-        return cls(*load_classifier(model_dir(run)))
+    def load(cls, run: str | Path, fmt: str | None = None) -> Classifier:
+        """A run's classifier, or its `fmt` export (onnx, int8, merged)."""
+        return cls(*load_classifier(model_dir(run, fmt=fmt)))
 
     def encode(self, texts: list[str]) -> Encoded:
         blank = [i + 1 for i, t in enumerate(texts) if not t.strip()]
@@ -105,6 +106,8 @@ class Classifier:
     @torch.no_grad()
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """(N, hidden) unit-length mean-pooled embeddings from the fine-tuned encoder under the head."""
+        if why := self.no_embeddings():
+            raise TunesmithError(why)
         data = self.encode(texts)
         encoder = _encoder(self.model)
         device = next(encoder.parameters()).device
@@ -117,6 +120,13 @@ class Classifier:
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
         return out
+
+    def no_embeddings(self) -> str | None:
+        """Why this model gives no embeddings (an ONNX graph has the labels only), or None when it does."""
+        if isinstance(self.model, torch.nn.Module):
+            return None
+        return (f"embeddings come from the torch encoder; this is the run's {self.meta.get('format')} export, whose "
+                "graph gives labels only: serve the run's own model (or its merged export) for embeddings")  # fmt: skip
 
     def predict(self, texts: list[str], top_k: int | None = None) -> list[dict]:
         """Label, calibrated confidence and per-label probabilities (the top_k most likely) for each text."""

@@ -88,8 +88,9 @@ class Generator:
         self.pad_id = pad_id(tokenizer)
 
     @classmethod
-    def load(cls, run: str | Path) -> Generator:
-        model, tokenizer, _ = load_causal_lm(model_dir(run))
+    def load(cls, run: str | Path, fmt: str | None = None) -> Generator:
+        """A run's causal LM, or its `fmt` export (gguf, int8, merged)."""
+        model, tokenizer, _ = load_causal_lm(model_dir(run, fmt=fmt))
         return cls(model, tokenizer)
 
     @torch.no_grad()

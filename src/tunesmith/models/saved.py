@@ -63,7 +63,11 @@ def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
             f"{model_dir.parent}: a {meta['method']} run is not a classifier; {use} (its test scores are in eval.json)"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if meta.get("head") == "pooled":
+    if meta.get("format") in ("onnx", "int8"):
+        from tunesmith.release.onnx import OnnxClassifier
+
+        model = OnnxClassifier(model_dir, len(meta["labels"]))
+    elif meta.get("head") == "pooled":
         from tunesmith.models.pooled import PooledClassifier
 
         model = PooledClassifier.from_pretrained(model_dir)
@@ -78,14 +82,25 @@ def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
 
 
 def load_causal_lm(model_dir: Path) -> tuple[torch.nn.Module, object, dict]:
-    """A saved causal LM (LoRA merged at save time) in eval mode, its tokenizer and tunesmith.json."""
+    """A saved causal LM (LoRA merged at save time) in eval mode, its tokenizer and tunesmith.json. An export
+    folder loads as its format says: GGUF dequantised by transformers' reader, int8 through torchao."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     zoo.quiet_transformers()
     meta = read_meta(model_dir)
     if meta["kind"] != CAUSAL_LM:
         raise TunesmithError(f"{model_dir.parent}: a {meta['method']} run has no text generator; use tunesmith predict")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if meta.get("format") == "gguf":
+        from tunesmith.release.gguf import GGUF_FILE
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
+    elif meta.get("format") == "int8":
+        from tunesmith.release.int8 import int8_config
+
+        int8_config()  # torchao, imported quietly before transformers reads its quantisation config
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return model.eval(), AutoTokenizer.from_pretrained(model_dir), meta
 
 

@@ -6,6 +6,7 @@ is already in the local Hugging Face cache, and a local folder in HF format alwa
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import subprocess
@@ -62,6 +63,11 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
     # peft calls a transformers method that warns of its own renaming, on every LoRA model
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # its GGUF reader draws a plain tqdm bar, which disable_progress_bar does not reach
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+
+    if not isinstance(gguf_reader.tqdm, functools.partial):
+        gguf_reader.tqdm = functools.partial(gguf_reader.tqdm, disable=True)
 
 
 def home() -> Path:
@@ -181,6 +187,13 @@ def _pull_hub(repo_id: str) -> Path:
             f"could not download {repo_id!r} from the Hugging Face hub ({type(err).__name__}): "
             f"this machine looks offline. Use an alias (tunesmith models list) or a local folder."
         ) from None
+
+
+def source_gguf(name: str) -> Path | None:
+    """The GGUF file an alias's model was converted from, if it came as one."""
+    alias = ALIASES.get(name)
+    pkg = _package_dir(alias) if alias is not None and alias.subpath.endswith(".gguf") else None
+    return pkg / alias.subpath if pkg is not None else None
 
 
 def _convert_gguf(alias: Alias, gguf_path: Path) -> Path:

@@ -197,6 +197,8 @@ def create_app(
     async def encoder_call(body, kind: str, endpoint: str, prefix: str, what: str):
         """A classifier run's texts through its worker: the model, request id, log row and one result per text."""
         model = pick(body.model, CLASSIFIER, what)
+        if kind == "embed" and (why := model.classifier.no_embeddings()):
+            raise ApiError(400, why, param="model")
         rid = f"{prefix}-{uuid.uuid4().hex}"
         log = _log_row(rid, endpoint, model, body.texts if log_text else None, None)
         return model, rid, log, await run_texts(model, kind, body.texts, "input")

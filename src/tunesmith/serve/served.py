@@ -48,15 +48,15 @@ class Served:
         return self.meta.get("labels", [])
 
 
-def load(run: str | Path, limits: Limits) -> Served:
-    folder = model_dir(run)
-    run_dir, meta = folder.parent, read_meta(folder)
+def load(run: str | Path, limits: Limits, fmt: str | None = None) -> Served:
+    folder = model_dir(run, fmt=fmt)
+    run_dir, meta = folder.parents[0 if fmt is None else 1], read_meta(folder)  # run_dir/model, run_dir/exports/FMT
     row = Registry(run_dir.parent).row(run_dir) or {}
     name = served_name(run_dir, row)
     version = f"{row['id']}:{run_dir.name}" if row.get("id") is not None else run_dir.name
     served = Served(name, run_dir, meta["kind"], meta, version, scores=_scores(run_dir))
     if meta["kind"] == CLASSIFIER:
-        served.classifier = classifier = Classifier.load(run_dir)
+        served.classifier = classifier = Classifier.load(run_dir, fmt)
         run_batch, max_batch = text_batch(lambda items: _by_kind(classifier, items)), limits.max_batch * 2
         served.val_distribution, served.val_confidence = _validation_predictions(classifier, run_dir)
     elif meta["kind"] == CAUSAL_LM:
@@ -80,10 +80,11 @@ def served_name(run_dir: Path, row: dict | None = None) -> str:
     return (row or {}).get("name") or run_dir.name
 
 
-def load_all(runs: list[str | Path], limits: Limits) -> dict[str, Served]:
+def load_all(runs: list[str | Path], limits: Limits, fmt: str | None = None) -> dict[str, Served]:
+    """Each run's model, or each one's `fmt` export."""
     out: dict[str, Served] = {}
     for run in runs:
-        served = load(run, limits)
+        served = load(run, limits, fmt)
         if served.name in out:
             raise TunesmithError(
                 f"two runs are named {served.name!r} ({out[served.name].run_dir} and {served.run_dir}): the OpenAI "

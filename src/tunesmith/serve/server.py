@@ -21,14 +21,15 @@ def make_app(
     retention_days: float | None = 30.0,
     store: Path | None = None,
     drift_rule: DriftRule = DriftRule(),
+    fmt: str | None = None,
 ) -> FastAPI:
-    """The app serving these runs. Requests and feedback go to `store` (default: serve.sqlite beside the first
-    run's registry)."""
+    """The app serving these runs (or their `fmt` exports). Requests and feedback go to `store` (default:
+    serve.sqlite beside the first run's registry)."""
     from tunesmith.serve.app import create_app
 
     if not runs:
         raise TunesmithError("name at least one run to serve (a run name, registry id or folder)")
-    served = load_all(runs, limits)
+    served = load_all(runs, limits, fmt)
     path = store or next(iter(served.values())).run_dir.parent / "serve.sqlite"
     anonymise = anonymiser() if log_text else None
     return create_app(served, Store(path, retention_days=retention_days, anonymise=anonymise), api_key=api_key,

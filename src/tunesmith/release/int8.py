@@ -1,0 +1,33 @@
+"""A causal LM with int8 weights, through transformers' torchao integration.
+
+Weight-only int8 (torchao's Int8WeightOnlyConfig): generating one token at a time on a CPU is bound by reading
+the weights, which this quarters, while activations stay float so the greedy replies barely move. The folder is
+a transformers one whose config names the quantisation, so `from_pretrained` restores it (torchao installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+
+def write_int8(source: Path, out: Path) -> None:
+    """The causal LM in `source` (a transformers folder) with int8 linear weights, saved to `out`."""
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    config = TorchAoConfig(int8_config())
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, quantization_config=config)
+    model.save_pretrained(out)
+
+
+def int8_config():
+    """torchao's weight-only int8 config, imported without the notices of its GPU kernels it cannot load here."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()

@@ -18,6 +18,7 @@ from tunesmith.errors import ReportNotWritten, TunesmithError
 from tunesmith.files import write_json
 from tunesmith.infer.classifier import Classifier
 from tunesmith.infer.generator import ChatSession, Generator, Sampling
+from tunesmith.infer.output_filter import OutputFilter
 from tunesmith.launch import fail_on_sigterm, launch, tell_run_dir, told_run_dir
 from tunesmith.models import zoo
 from tunesmith.runs import Registry, config_hash, default_dir, find_run_dir, known_registries, new_run_dir
@@ -286,11 +287,14 @@ def generate(
     stop: list[str] | None = None,
     repetition_penalty: float = REPETITION_PENALTY,
     fmt: str | None = None,
+    output_filter: str | Path | OutputFilter | None = None,
 ) -> list[str]:
     """Replies of a run's causal LM (or its `fmt` export) to single-turn prompts, with its chat template; a reply
-    ends before the first of the `stop` strings."""
+    ends before the first of the `stop` strings. Under `output_filter` a refused reply is the filter's refusal."""
     sampling = Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
-    return Generator.load(run, fmt).replies([[{"role": "user", "content": p}] for p in prompts], sampling)
+    screen = _filter(output_filter)
+    replies = Generator.load(run, fmt).replies([[{"role": "user", "content": p}] for p in prompts], sampling)
+    return [v.text for v in screen.check(replies)] if screen else replies
 
 
 def chat(
@@ -303,11 +307,12 @@ def chat(
     stop: list[str] | None = None,
     repetition_penalty: float = REPETITION_PENALTY,
     fmt: str | None = None,
+    output_filter: str | Path | OutputFilter | None = None,
 ) -> ChatSession:
     """A conversation with a run's causal LM (or its `fmt` export): `session.send(text)` yields the reply as it is
-    generated."""
+    generated (whole, once it has passed, under `output_filter`)."""
     sampling = Sampling(max_new_tokens, temperature, top_p, tuple(stop or ()), repetition_penalty)
-    return ChatSession(Generator.load(run, fmt), system=system, sampling=sampling)
+    return ChatSession(Generator.load(run, fmt), system=system, sampling=sampling, output_filter=_filter(output_filter))
 
 
 def predict(run: str | Path, texts: list[str], *, top_k: int | None = None, fmt: str | None = None) -> list[dict]:
@@ -457,16 +462,23 @@ def serve_app(
     retention_days: float | None = 30.0,
     store: str | Path | None = None,
     fmt: str | None = None,
+    output_filter: str | Path | OutputFilter | None = None,
     **limits,
 ):
-    """The FastAPI app that serves these runs (OpenAI-compatible; see tunesmith.serve), or their `fmt` exports.
+    """The FastAPI app that serves these runs (OpenAI-compatible; see tunesmith.serve), or their `fmt` exports;
+    generated replies pass `output_filter` (a filter file, see tunesmith.infer.output_filter) when one is given.
     `limits` are the fields of serve.served.Limits (max_batch, max_queue, wait_ms, max_tokens, max_prompt_tokens,
     max_body_bytes, max_texts)."""
     from tunesmith.serve.served import Limits
     from tunesmith.serve.server import make_app
 
     return make_app(runs, api_key=api_key, limits=Limits(**limits), log_text=log_text,
-                    retention_days=retention_days, store=Path(store) if store else None, fmt=fmt)  # fmt: skip
+                    retention_days=retention_days, store=Path(store) if store else None, fmt=fmt,
+                    output_filter=_filter(output_filter))  # fmt: skip
+
+
+def _filter(given: str | Path | OutputFilter | None) -> OutputFilter | None:
+    return OutputFilter.load(given) if isinstance(given, str | Path) else given
 
 
 def serve(app, *, host: str = "127.0.0.1", port: int = 8000) -> None:

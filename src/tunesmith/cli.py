@@ -152,11 +152,13 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="Requests waiting per model before 429.")] = 256,
     max_tokens: Annotated[int, typer.Option(help="The most new tokens a request may ask for.")] = 512,
     fmt: Annotated[str | None, typer.Option("--format", help=FORMAT_HELP + " for every run served.")] = None,
+    output_filter: Annotated[Path | None, typer.Option("--filter", help=FILTER_HELP)] = None,
 ):
     """Serve runs over an OpenAI-compatible HTTP API (chat, completions, embeddings, classify, feedback, metrics)."""
     api = _api()
     options = {"api_key": api_key, "log_text": log_text, "retention_days": retention_days or None, "store": store,
-               "max_batch": max_batch, "max_queue": max_queue, "max_tokens": max_tokens, "fmt": fmt}  # fmt: skip
+               "max_batch": max_batch, "max_queue": max_queue, "max_tokens": max_tokens, "fmt": fmt,
+               "output_filter": output_filter}  # fmt: skip
     app_ = api.serve_app(runs, **options)
     err.print(
         f"serving {', '.join(app_.state.served)} on http://{host}:{port} (OpenAI base URL: http://{host}:{port}/v1)"
@@ -329,6 +331,7 @@ def predict(
 STOP_HELP = "End a reply before this text (repeat for several)."
 FORMAT_HELP = "Use the run's export of this format (see `tunesmith export`)"
 GEN_FORMAT_HELP = FORMAT_HELP + " (gguf, int8, merged)."
+FILTER_HELP = "An output filter file (YAML: block, patterns, pii, judge, refusal); refused replies show its refusal."
 PENALTY_HELP = "Above 1, tokens already in the text become less likely (breaks the loops of small models)."
 
 
@@ -347,6 +350,7 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
     repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = REPETITION_PENALTY,
     fmt: Annotated[str | None, typer.Option("--format", help=GEN_FORMAT_HELP)] = None,
+    output_filter: Annotated[Path | None, typer.Option("--filter", help=FILTER_HELP)] = None,
 ):
     """Replies of a run's model to prompts (greedy at temperature 0), batched."""
     items = _inputs(text, prompts, "nothing to generate: give prompts as arguments or --prompts FILE")
@@ -359,6 +363,7 @@ def generate(
         stop=stop,
         repetition_penalty=repetition_penalty,
         fmt=fmt,
+        output_filter=output_filter,
     )
     lines = [json.dumps({"prompt": p, "reply": r}, ensure_ascii=False) for p, r in zip(items, replies)]
     if out_file:
@@ -379,6 +384,7 @@ def chat(
     stop: Annotated[list[str] | None, typer.Option("--stop", help=STOP_HELP)] = None,
     repetition_penalty: Annotated[float, typer.Option(min=1.0, help=PENALTY_HELP)] = REPETITION_PENALTY,
     fmt: Annotated[str | None, typer.Option("--format", help=GEN_FORMAT_HELP)] = None,
+    output_filter: Annotated[Path | None, typer.Option("--filter", help=FILTER_HELP)] = None,
 ):
     """Talk to a run's model; replies stream as they are generated. An empty line, 'exit' or Ctrl-D ends it."""
     session = _api().chat(
@@ -390,6 +396,7 @@ def chat(
         stop=stop,
         repetition_penalty=repetition_penalty,
         fmt=fmt,
+        output_filter=output_filter,
     )
     while True:
         try:

@@ -58,6 +58,7 @@ FILES = {
     "one_class.csv": csv("text,label", *[f"only text {i} here,same" for i in range(30)]),
     "rare_class.csv": csv("text,label", *TWO_CLASSES, "a lonely example,c"),
     "split_bad.csv": csv("text,label,part", "x one,a,train", "y two,b,holdout"),
+    "bad_regex_filter.yaml": "patterns: ['(unclosed']\n",
     "unseen.csv": csv("text,label", *TWO_CLASSES),
     "unseen_test.csv": csv("text,label", "a new one here,z", "another new one,z"),
     "dupes.csv": csv("text,label", *["cats purr,a", "dogs bark,b", "cats purr softly,a", "dogs bark loudly,b"] * 10),
@@ -435,6 +436,12 @@ CASES = [
         ("has no onnx export", "tunesmith export"),
     ),  # fmt: skip
     Case("export a failed run", ["export", "{failed}", "--format", "onnx"], 2, ("is failed",)),
+    Case(
+        "a filter regex that does not compile",
+        ["generate", "{done}", "hi", "--filter", "{u}/bad_regex_filter.yaml"],
+        2,
+        ("bad_regex_filter.yaml", "patterns[0]", "does not compile"),
+    ),  # fmt: skip
 ]
 
 

@@ -414,3 +414,10 @@ def _given_names() -> frozenset[str]:
 _NAME_RE = regex.compile(_NAME)
 _PERSON_CUE_RE = [(regex.compile(p), score) for p, score in _PERSON_CUES]
 _ADDRESS_RE = [regex.compile(p) for p in _ADDRESS]
+
+
+def anonymiser() -> Callable[[list[str]], list[str]]:
+    """The anonymiser over a list of texts, built once (its recognisers load slowly): the server's text log, the
+    feedback export and the output filter use it."""
+    found = Anonymiser()
+    return lambda texts: found.anonymise(texts)[0]

@@ -15,6 +15,7 @@ import torch
 
 from tunesmith.config import REPETITION_PENALTY
 from tunesmith.infer.load import model_dir
+from tunesmith.infer.output_filter import OutputFilter
 from tunesmith.lm.chat import prompt_text
 from tunesmith.lm.tokens import pad_id, pad_rows
 from tunesmith.models.saved import load_causal_lm
@@ -138,16 +139,29 @@ class ChatSession:
     """A conversation with a run's model: send() streams the reply and keeps the history."""
 
     def __init__(
-        self, generator: Generator, *, system: str | None = None, sampling: Sampling = Sampling(256, 0.7, 0.9)
+        self,
+        generator: Generator,
+        *,
+        system: str | None = None,
+        sampling: Sampling = Sampling(256, 0.7, 0.9),
+        output_filter: OutputFilter | None = None,
     ):
-        self.generator, self.sampling = generator, sampling
+        self.generator, self.sampling, self.filter = generator, sampling, output_filter
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.refusals = 0
 
     def send(self, text: str) -> Iterator[str]:
-        """Yields the reply as it is generated."""
+        """Yields the reply as it is generated; under an output filter, once whole and passed (or the refusal).
+        The history keeps what was shown."""
         self.messages.append({"role": "user", "content": text})
         pieces = []
         for piece in self.generator.stream(self.messages, self.sampling):
             pieces.append(piece)
-            yield piece
-        self.messages.append({"role": "assistant", "content": "".join(pieces).strip()})
+            if self.filter is None:
+                yield piece
+        reply = "".join(pieces).strip()
+        if self.filter is not None:
+            verdict = self.filter.check([reply])[0]
+            reply, self.refusals = verdict.text, self.refusals + (verdict.reason is not None)
+            yield reply
+        self.messages.append({"role": "assistant", "content": reply})

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.generator import Sampling
+from tunesmith.infer.output_filter import Held, OutputFilter
 from tunesmith.lm.chat import prompt_text
 from tunesmith.models.saved import CAUSAL_LM, CLASSIFIER
 from tunesmith.serve.batching import Busy, GenerationJob, Outbox, TextJob
@@ -64,6 +65,7 @@ def create_app(
     limits: Limits = Limits(),
     log_text: bool = False,
     drift_rule: DriftRule = DriftRule(),
+    output_filter: OutputFilter | None = None,
 ) -> FastAPI:
     app = FastAPI(title="tunesmith", summary="OpenAI-compatible serving of tunesmith runs", version="1")
     metrics = Metrics(served, store, drift_rule)
@@ -137,7 +139,8 @@ def create_app(
             raise ApiError(400, f"the prompt is {len(ids)} tokens; at most {limits.max_prompt_tokens}",
                            param="messages" if prefix == "chatcmpl" else "prompt")  # fmt: skip
         sampling = Sampling(limit or limits.max_tokens, body.temperature, body.top_p, body.stops)
-        job = GenerationJob(ids, sampling, body.n, body.seed, Outbox(asyncio.get_running_loop()))
+        job = GenerationJob(ids, sampling, body.n, body.seed, Outbox(asyncio.get_running_loop()),
+                            Held(output_filter) if output_filter else None)  # fmt: skip
         model.worker.submit(job)
         return job, f"{prefix}-{uuid.uuid4().hex}"
 
@@ -155,7 +158,7 @@ def create_app(
             {"index": i, "message": {"role": "assistant", "content": r}, "finish_reason": reasons[i]}
             for i, r in enumerate(replies)
         ]
-        await record(log | _done(log, used, replies[0], log_text))
+        await record(log | _done(log, job, used, replies[0], log_text))
         return _json(rid, {"id": rid, "object": "chat.completion", "created": int(log["time"]), "model": model.name,
                            "choices": choices, "usage": _usage(len(ids), used)})  # fmt: skip
 
@@ -173,7 +176,7 @@ def create_app(
         choices = [
             {"index": i, "text": r, "finish_reason": reasons[i], "logprobs": None} for i, r in enumerate(replies)
         ]
-        await record(log | _done(log, used, replies[0], log_text))
+        await record(log | _done(log, job, used, replies[0], log_text))
         return _json(rid, {"id": rid, "object": "text_completion", "created": int(log["time"]), "model": model.name,
                            "choices": choices, "usage": _usage(len(ids), used)})  # fmt: skip
 
@@ -360,9 +363,9 @@ def _log_row(rid: str, endpoint: str, model: Served, texts: list | None, prompt_
             "prompt": texts, "prompt_tokens": prompt_tokens, "status": 200}  # fmt: skip
 
 
-def _done(log: dict, used: int, reply: str, log_text: bool) -> dict:
+def _done(log: dict, job: GenerationJob, used: int, reply: str, log_text: bool) -> dict:
     return {"latency_ms": _ms(log["time"]), "completion_tokens": used, "reply_chars": len(reply),
-            "reply": reply if log_text else None}  # fmt: skip
+            "reply": reply if log_text else None, "filtered": job.held.refused if job.held else None}  # fmt: skip
 
 
 async def _collect(job: GenerationJob) -> tuple[list[str], list[str], int]:
@@ -382,13 +385,23 @@ async def _collect(job: GenerationJob) -> tuple[list[str], list[str], int]:
 
 
 async def _events(job: GenerationJob) -> AsyncIterator[tuple]:
+    """The worker's events for the job. Under an output filter, a reply's text is held until it ends and then
+    given whole, or the refusal in its place with finish_reason "content_filter" (OpenAI's)."""
     ended = 0
     while ended < job.n:
         event = await job.outbox.events.get()
         if event[0] == "error":
             raise ApiError(500, event[1], code="generation_failed")
         ended += event[0] == "end"
-        yield event
+        if job.held is None:
+            yield event
+        elif event[0] == "text":
+            job.held.feed(event[1], event[2])
+        else:
+            verdict = await run_in_threadpool(job.held.release, event[1])
+            if verdict.text:
+                yield ("text", event[1], verdict.text)
+            yield event if verdict.reason is None else ("end", event[1], "content_filter", *event[3:])
 
 
 async def _chat_chunks(job: GenerationJob, rid: str, name: str):
@@ -438,7 +451,7 @@ def _sse(rid: str, job: GenerationJob, chunks, log: dict, record, include_usage:
         finally:
             if status != 200:
                 job.outbox.cancelled = True
-            record(log | _done(log, used, reply.strip(), log["prompt"] is not None) | {"status": status})
+            record(log | _done(log, job, used, reply.strip(), log["prompt"] is not None) | {"status": status})
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"x-request-id": rid})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.infer.generator import Sampling, StopFilter
+from tunesmith.infer.output_filter import Held
 from tunesmith.lm.tokens import pad_id, pad_rows
 
 
@@ -48,6 +49,7 @@ class GenerationJob:
     n: int
     seed: int | None
     outbox: Outbox
+    held: Held | None = None  # the output filter's hold on the replies, for the server (the worker never reads it)
 
     @property
     def key(self) -> tuple:

@@ -23,12 +23,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from tunesmith.data.pii import anonymiser
 from tunesmith.errors import TunesmithError
 from tunesmith.files import atomic_write
 from tunesmith.infer.load import model_dir
 from tunesmith.models.saved import CLASSIFIER, read_meta
 from tunesmith.serve.served import served_name
-from tunesmith.serve.store import Store, anonymiser
+from tunesmith.serve.store import Store
 
 SHAPES = ("classify", "feedback", "preference", "chat")
 LABELLED, KTO = SHAPES[0], SHAPES[1]  # a classifier's rows; a chat run's default

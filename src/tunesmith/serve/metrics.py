@@ -23,6 +23,8 @@ class Metrics:
         self.latency = Histogram("tunesmith_request_seconds", "Time from request to last byte", ["model", "endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.tokens = Counter("tunesmith_generated_tokens", "Tokens generated", ["model"], registry=r)
+        self.refusals = Counter("tunesmith_filter_refusals", "Replies the output filter replaced by its refusal",
+                                ["model", "reason"], registry=r)  # fmt: skip
         self.feedbacks = Counter("tunesmith_feedback", "Feedback received", ["model", "kind"], registry=r)
         self.queue = Gauge("tunesmith_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.distance = Gauge("tunesmith_drift_distance", "Total variation distance of predicted label shares in the "
@@ -45,6 +47,8 @@ class Metrics:
             self.latency.labels(row["model"], row["endpoint"]).observe(row["latency_ms"] / 1000)
         if row.get("completion_tokens"):
             self.tokens.labels(row["model"]).inc(row["completion_tokens"])
+        for reason in row.get("filtered") or ():
+            self.refusals.labels(row["model"], reason).inc()
 
     def feedback(self, model: str, body) -> None:
         columns = body.columns()

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from tunesmith.data.pii import anonymiser
 from tunesmith.errors import TunesmithError
+from tunesmith.infer.output_filter import OutputFilter
 from tunesmith.serve.drift import DriftRule
 from tunesmith.serve.served import Limits, load_all
-from tunesmith.serve.store import Store, anonymiser
+from tunesmith.serve.store import Store
 
 
 def make_app(
@@ -22,6 +24,7 @@ def make_app(
     store: Path | None = None,
     drift_rule: DriftRule = DriftRule(),
     fmt: str | None = None,
+    output_filter: OutputFilter | None = None,
 ) -> FastAPI:
     """The app serving these runs (or their `fmt` exports). Requests and feedback go to `store` (default:
     serve.sqlite beside the first run's registry)."""
@@ -33,7 +36,7 @@ def make_app(
     path = store or next(iter(served.values())).run_dir.parent / "serve.sqlite"
     anonymise = anonymiser() if log_text else None
     return create_app(served, Store(path, retention_days=retention_days, anonymise=anonymise), api_key=api_key,
-                      limits=limits, log_text=log_text, drift_rule=drift_rule)  # fmt: skip
+                      limits=limits, log_text=log_text, drift_rule=drift_rule, output_filter=output_filter)  # fmt: skip
 
 
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:

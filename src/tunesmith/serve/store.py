@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS requests (
     confidence REAL,
     reply_chars INTEGER,
     prompt TEXT,
-    reply TEXT
+    reply TEXT,
+    filtered TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -50,7 +51,7 @@ EXPIRE_EVERY = 1000  # requests logged between two passes of the retention
 
 REQUEST_FIELDS = (
     "id", "time", "endpoint", "model", "run_path", "status", "latency_ms", "prompt_tokens", "completion_tokens",
-    "prediction", "confidence", "reply_chars", "prompt", "reply",
+    "prediction", "confidence", "reply_chars", "prompt", "reply", "filtered",
 )  # fmt: skip
 
 
@@ -70,6 +71,8 @@ class Store:
         self.con.executescript(SCHEMA)
         if "item" not in {r["name"] for r in self.con.execute("PRAGMA table_info(feedback)")}:  # a store of 2026-12-04
             self.con.execute("ALTER TABLE feedback ADD COLUMN item INTEGER")
+        if "filtered" not in {r["name"] for r in self.con.execute("PRAGMA table_info(requests)")}:  # before 12-05
+            self.con.execute("ALTER TABLE requests ADD COLUMN filtered TEXT")
         self.logged = 0
         self.expire()
 
@@ -87,8 +90,9 @@ class Store:
             kept = [t | {"content": c} if isinstance(t, dict) else c for t, c in zip(turns, clean)]
             row["prompt"] = json.dumps(kept)
             row["reply"] = clean[-1] if row.get("reply") is not None else None
-        if row.get("prediction") is not None:
-            row["prediction"] = json.dumps(row["prediction"])
+        for key in ("prediction", "filtered"):  # lists: a label per text; the output filter's reasons per refusal
+            if row.get(key) is not None:
+                row[key] = json.dumps(row[key])
         values = [row.get(k) for k in REQUEST_FIELDS]
         self.logged += 1
         if self.logged % EXPIRE_EVERY == 0:
@@ -175,11 +179,3 @@ class Store:
     def close(self) -> None:
         with self.lock:
             self.con.close()
-
-
-def anonymiser() -> Callable[[list[str]], list[str]]:
-    """The data stage's PII anonymiser over a list of texts; built once (its recognisers load slowly)."""
-    from tunesmith.data.pii import Anonymiser
-
-    found = Anonymiser()
-    return lambda texts: found.anonymise(texts)[0]

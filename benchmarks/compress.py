@@ -48,11 +48,12 @@ CLASSIFIERS = {  # train file, test file, text and label columns, training sampl
 def run_of(name: str, cfg: dict) -> Path:
     """The finished run of this name in WORK, trained once."""
     from tunesmith import api
-    from tunesmith.runs import NoSuchRun, find_run_dir
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runs import find_run_dir
 
     try:
         return find_run_dir(name, WORK / "runs", done=True)
-    except NoSuchRun:
+    except TunesmithError:  # none yet, or the latest one failed
         return api.train(cfg | {"name": name, "output_dir": str(WORK / "runs")}, quiet=True)
 
 

@@ -333,7 +333,28 @@ def export(
     (see tunesmith.release.export); returns what export.json records."""
     from tunesmith.release.export import export as write
 
-    return write(run, fmt, gguf_type=gguf_type, min_agreement=min_agreement, output_dir=output_dir)
+    out = write(run, fmt, gguf_type=gguf_type, min_agreement=min_agreement, output_dir=output_dir)
+    _write_report(Path(out["run"]))
+    return out
+
+
+def audit(
+    run: str | Path,
+    data: str | Path | None = None,
+    *,
+    slice_column: str | None = None,
+    sensitive: str | None = None,
+    gap: float = 0.05,
+    rows: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Slices, data warnings, robustness to perturbations and (with `sensitive`) group gaps of a classifier run,
+    on its test split or on `data`; written to run_dir/audit.json and report.html (see tunesmith.release.audit)."""
+    from tunesmith.release.audit import audit as run_audit
+
+    out = run_audit(run, data, slice_column=slice_column, sensitive=sensitive, gap=gap, rows=rows, seed=seed)
+    _write_report(Path(out["run"]))
+    return out
 
 
 def evaluate(
@@ -443,6 +464,7 @@ __all__ = [
     "prepare_data",
     "predict",
     "export",
+    "audit",
     "generate",
     "chat",
     "evaluate",

@@ -469,6 +469,37 @@ def export_(
     out.print(f"agreement {check['agreement']} of {check['measure']}{extra}", highlight=False, markup=False)
 
 
+@app.command("audit")
+@user_errors
+def audit_(
+    run: Annotated[str, typer.Argument(help="A classifier run: directory, id or name.")],
+    data: Annotated[Path | None, typer.Option(help="Audit on this file (read as the run read its data).")] = None,
+    slice_column: Annotated[str | None, typer.Option(help="Scores per value of this column of --data.")] = None,
+    sensitive: Annotated[str | None, typer.Option(help="Group gaps (fairlearn) over this column of --data.")] = None,
+    gap: Annotated[float, typer.Option(min=0.0, max=1.0, help="Warn where a slice is this far below.")] = 0.05,
+    rows: Annotated[int, typer.Option(min=1, help="Texts perturbed for the robustness check.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and the perturbations.")] = 0,
+):
+    """Where a classifier is weaker than its score says: slices, data warnings, robustness, fairness."""
+    res = _api().audit(run, data, slice_column=slice_column, sensitive=sensitive, gap=gap, rows=rows, seed=seed)
+    o = res["overall"]
+    out.print(f"{res['rows']} rows ({res['data']}): accuracy {o['accuracy']}, macro-F1 {o['macro_f1']}, "
+              f"ECE {o['ece']}", highlight=False, markup=False)  # fmt: skip
+    for s in res["slices"]:
+        if "warning" in s:
+            out.print(f"slice {s['slice']} (n={s['n']}): {s['warning']}", style="yellow", highlight=False, markup=False)
+    for w in res["data_warnings"]:
+        out.print(f"data: {w}", style="yellow", highlight=False, markup=False)
+    for name, p in res["robustness"]["perturbations"].items():
+        if p["texts"]:
+            out.print(f"{name}: accuracy {p['accuracy_before']} -> {p['accuracy_after']} on {p['texts']} texts",
+                      highlight=False, markup=False)  # fmt: skip
+    if "fairness" in res:
+        gaps = ", ".join(f"{k} {v}" for k, v in res["fairness"]["largest_gap"].items())
+        out.print(f"largest gaps between {res['fairness']['column']} groups: {gaps}", highlight=False, markup=False)
+    out.print(f"audit: {Path(res['run']) / 'audit.json'}; report: {Path(res['run']) / 'report.html'}")
+
+
 @app.command("eval")
 @user_errors
 def eval_(

@@ -59,6 +59,7 @@ FILES = {
     "rare_class.csv": csv("text,label", *TWO_CLASSES, "a lonely example,c"),
     "split_bad.csv": csv("text,label,part", "x one,a,train", "y two,b,holdout"),
     "bad_regex_filter.yaml": "patterns: ['(unclosed']\n",
+    "reviews.tsv": "sentence\tlabel\na fine film\t1\na dull film\t0\n",
     "unseen.csv": csv("text,label", *TWO_CLASSES),
     "unseen_test.csv": csv("text,label", "a new one here,z", "another new one,z"),
     "dupes.csv": csv("text,label", *["cats purr,a", "dogs bark,b", "cats purr softly,a", "dogs bark loudly,b"] * 10),
@@ -441,7 +442,13 @@ CASES = [
         ["generate", "{done}", "hi", "--filter", "{u}/bad_regex_filter.yaml"],
         2,
         ("bad_regex_filter.yaml", "patterns[0]", "does not compile"),
-    ),  # fmt: skip
+    ),
+    Case(
+        "audit with a slice column that does not exist",
+        ["audit", "{done}", "--data", "{u}/reviews.tsv", "--slice-column", "region"],
+        2,
+        ("reviews.tsv", "no column 'region'", "its columns are sentence, label"),
+    ),
 ]
 
 

@@ -2,16 +2,9 @@ import json
 
 import pytest
 
-from tests.conftest import sft_config, tiny_config
+from tests.conftest import sft_config
 from tunesmith import api
 from tunesmith.errors import TunesmithError
-
-
-@pytest.fixture(scope="module")
-def classifier_run(tiny_model, fixtures, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export-classifier")
-    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp, lora={"r": 4, "targets": ["query", "value"]})
-    return api.train(cfg, quiet=True)
 
 
 @pytest.fixture(scope="module")

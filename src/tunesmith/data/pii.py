@@ -74,7 +74,7 @@ class Anonymiser:
         recognisers = _structured_recognisers()
         self._structured = [(e, _GATES[e], recognisers[e]) for e in STRUCTURED if e in self.entities]
         self._ner_types = tuple(e for e in NER_TYPES if e in self.entities)
-        self._nlp = _load_spacy() if self._ner_types else None
+        self._nlp = load_spacy() if self._ner_types else None
         if "PERSON" in self._ner_types:
             _given_names()  # loads in a fraction of a second; here rather than in the first find()
 
@@ -314,7 +314,7 @@ _ADDRESS = [
 ]
 
 
-def _load_spacy() -> Any:
+def load_spacy() -> Any:
     """Only the NER component: its own tok2vec does not need the tagger or parser, which would triple the time."""
     try:
         import spacy

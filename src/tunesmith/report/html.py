@@ -57,8 +57,17 @@ def write_report(run_dir: Path) -> Path:
             c["matrix"], [t["name"] for t in c["tasks"]], c.get("metric", "accuracy")
         )
     env = Environment(loader=PackageLoader("tunesmith", "report"), autoescape=select_autoescape(["html", "j2"]))
+    exports = [json.loads(f.read_text()) for f in sorted(run_dir.glob("exports/*/export.json"))]
+    audit = json.loads((run_dir / "audit.json").read_text()) if (run_dir / "audit.json").is_file() else None
     html = env.get_template("report.html.j2").render(
-        run=run_dir.name, config=config, ev=ev, data=data, figures=figures, scores=method.scores
+        run=run_dir.name,
+        config=config,
+        ev=ev,
+        data=data,
+        figures=figures,
+        scores=method.scores,
+        exports=exports,
+        audit=audit,
     )
     out = run_dir / "report.html"
     faults.point("report")

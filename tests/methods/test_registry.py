@@ -52,7 +52,7 @@ def test_early_stopping_defaults_to_the_methods_first_validation_metric():
 
 def test_an_option_the_method_does_not_use_is_an_error_naming_the_key():
     with pytest.raises(
-        TunesmithError, match=r"train.packing: method classify does not use it \(it is for sft, pretrain"
+        TunesmithError, match=r"train.packing: method classify does not use it \(it is for distill-lm, sft, pretrain"
     ):
         config_from_dict(cfg(train={"packing": True}))
     with pytest.raises(TunesmithError, match="eval.calibrate: method sft does not use it"):

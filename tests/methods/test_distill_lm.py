@@ -49,5 +49,5 @@ def test_a_classifier_is_not_a_causal_lm_teacher(tiny_lm, tiny_model, fixtures, 
     from tests.conftest import tiny_config
 
     clf = api.train(tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path / "c"), quiet=True)
-    with pytest.raises(TunesmithError, match="not a causal-LM run; distill-lm takes an sft run"):
+    with pytest.raises(TunesmithError, match="not a causal-lm run; distill-lm takes an sft run"):
         api.train(_student(tiny_lm, fixtures, tmp_path, clf), quiet=True)

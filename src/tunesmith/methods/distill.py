@@ -46,7 +46,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     from transformers import AutoTokenizer
 
     d: DistillConfig = cfg.section()
-    teacher_dir = _teacher(d.teacher)
+    teacher_dir = teacher_run(d.teacher)
     meta = read_meta(teacher_dir / "model")
     labels = meta["labels"]
     prep = read_prepared(run_dir / "data")
@@ -117,10 +117,12 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     return report
 
 
-def _teacher(key: str) -> Path:
+def teacher_run(key: str, kind: str = CLASSIFIER, method: str = "distill") -> Path:
+    """The finished run `key` names, whose model must be of `kind` (a classifier, or a causal LM for distill-lm)."""
     run_dir = find_run_dir(key, done=True)
-    if read_meta(run_dir / "model")["kind"] != CLASSIFIER:
-        raise TunesmithError(f"distill.teacher {key}: not a classifier run; distill takes a classify run's model")
+    if read_meta(run_dir / "model")["kind"] != kind:
+        takes = "a classify run's model" if kind == CLASSIFIER else "an sft run's model"
+        raise TunesmithError(f"{method}.teacher {key}: not a {kind} run; {method} takes {takes}")
     return run_dir
 
 

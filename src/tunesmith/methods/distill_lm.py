@@ -28,12 +28,12 @@ from tunesmith.infer.generator import Generator, Sampling
 from tunesmith.lm.chat import as_messages
 from tunesmith.lm.logprobs import target_logits
 from tunesmith.methods import Method
+from tunesmith.methods.distill import teacher_run
 from tunesmith.methods.sft import FORGETTING, LM_SCORES, PANELS, Scores, make_task, tokens_of
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
 from tunesmith.models.layers import keep_layers
-from tunesmith.models.saved import CAUSAL_LM, load_causal_lm, read_meta, save_merged
-from tunesmith.runs import find_run_dir
+from tunesmith.models.saved import CAUSAL_LM, load_causal_lm, save_merged
 from tunesmith.train.loop import Batch, fit
 
 
@@ -51,7 +51,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
     from transformers import AutoTokenizer
 
     d: DistillLMConfig = cfg.section()
-    teacher_dir = _teacher(d.teacher)
+    teacher_dir = teacher_run(d.teacher, CAUSAL_LM, "distill-lm")
     start = teacher_dir / "model" if d.layers else zoo.resolve(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(start)
     teacher_tok = AutoTokenizer.from_pretrained(teacher_dir / "model")
@@ -90,13 +90,6 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = Fa
                          "teacher_answers": answered, "student_params": sum(p.numel() for p in student.parameters()),
                          "teacher_params": sum(p.numel() for p in teacher_model.parameters())}  # fmt: skip
     return report
-
-
-def _teacher(key: str) -> Path:
-    run_dir = find_run_dir(key, done=True)
-    if read_meta(run_dir / "model")["kind"] != CAUSAL_LM:
-        raise TunesmithError(f"distill-lm.teacher {key}: not a causal-LM run; distill-lm takes an sft run's model")
-    return run_dir
 
 
 def _token_kl(teacher_dir: Path, d: DistillLMConfig) -> dict:

@@ -29,6 +29,9 @@ def test_classifier_exports_agree_with_the_run_and_load_for_predict(classifier_r
     folder = classifier_run / "exports" / fmt
     assert json.loads((folder / "export.json").read_text()) == res
     assert res["check"]["agreement"] >= 0.98 and res["check"]["measure"].startswith("labels of the")
+    assert res["check"]["p50_ms_source"] > 0 and res["check"]["p50_ms_export"] > 0
+    report = (classifier_run / "report.html").read_text()
+    assert "Release: exports of this run" in report and f"<td>{fmt}</td>" in report
     ours, theirs = api.predict(classifier_run, TEXTS), api.predict(classifier_run, TEXTS, fmt=fmt)
     assert [r["label"] for r in ours] == [r["label"] for r in theirs]
     tolerance = 0.05 if fmt == "int8" else 1e-4

@@ -132,6 +132,7 @@ def _check_labels(run_dir: Path, source: Path, export: Path) -> dict:
     split = splits[name]
     ours, theirs = (Classifier(*load_classifier(f)) for f in (source, export))
     p, q = ours.probabilities(split.texts), theirs.probabilities(split.texts)
+    latency = _p50_ms((ours, theirs), split.texts[:50])
     gold = np.array([ours.labels.index(y) if y in ours.labels else -1 for y in split.labels])
     return {
         "measure": f"labels of the {len(split)} {name} texts",
@@ -139,7 +140,20 @@ def _check_labels(run_dir: Path, source: Path, export: Path) -> dict:
         "accuracy_source": round(float((p.argmax(1) == gold).mean()), 4),
         "accuracy_export": round(float((q.argmax(1) == gold).mean()), 4),
         "max_probability_change": round(float(np.abs(p - q).max()), 4),
+        "p50_ms_source": latency[0],
+        "p50_ms_export": latency[1],
     }
+
+
+def _p50_ms(classifiers: tuple, texts: list[str]) -> list[float]:
+    """Median milliseconds to label one text (tokenising included), the two models taking turns."""
+    times: list[list[float]] = [[], []]
+    for text in texts:
+        for clf, out in zip(classifiers, times):
+            start = time.perf_counter()
+            clf.probabilities([text])
+            out.append(time.perf_counter() - start)
+    return [round(float(np.median(t)) * 1000, 2) for t in times]
 
 
 def _check_replies(run_dir: Path, source: Path, export: Path) -> dict:
@@ -153,8 +167,11 @@ def _check_replies(run_dir: Path, source: Path, export: Path) -> dict:
     prompts = [as_messages(r)[:-1] if "text" not in r else [{"role": "user", "content": r["text"][:300]}] for r in rows]
     sampling = Sampling(CHECK_TOKENS, repetition_penalty=1.0)
     ours = Generator(*load_causal_lm(source)[:2])
+    started = time.perf_counter()
     a = ours.replies(prompts, sampling)
+    middle = time.perf_counter()
     b = Generator(*load_causal_lm(export)[:2]).replies(prompts, sampling)
+    seconds = (round(middle - started, 2), round(time.perf_counter() - middle, 2))
     tok = ours.tokenizer
     shares = [_common_share(tok.encode(x, add_special_tokens=False), tok.encode(y, add_special_tokens=False))
               for x, y in zip(a, b)]  # fmt: skip
@@ -162,6 +179,8 @@ def _check_replies(run_dir: Path, source: Path, export: Path) -> dict:
         "measure": f"greedy tokens ({CHECK_TOKENS} at most) for {len(prompts)} prompts",
         "agreement": round(float(np.mean(shares)), 4),
         "exact_replies": round(float(np.mean([x == y for x, y in zip(a, b)])), 4),
+        "seconds_source": seconds[0],
+        "seconds_export": seconds[1],
         "samples": [{"source": x[:200], "export": y[:200]} for x, y in list(zip(a, b))[:3]],
     }
 

@@ -1,8 +1,9 @@
 """A causal LM with int8 weights, through transformers' torchao integration.
 
-Weight-only int8 (torchao's Int8WeightOnlyConfig): generating one token at a time on a CPU is bound by reading
-the weights, which this quarters, while activations stay float so the greedy replies barely move. The folder is
-a transformers one whose config names the quantisation, so `from_pretrained` restores it (torchao installed).
+Weight-only int8 (torchao's Int8WeightOnlyConfig): the linear weights in a quarter of their float32 bytes, the
+activations left in float. It is an export for size: on the development CPU (benchmarks/compress.py) it generated
+at 0.89x float32's tokens per second, torchao having no faster CPU kernel for it. The folder is a transformers one
+whose config names the quantisation, so `from_pretrained` restores it (torchao installed).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """A classifier as an ONNX graph run by onnxruntime, in float32 or with int8 linear layers.
 
-int8 uses onnxruntime's dynamic quantiser on the exported graph: weights stored as int8, activations quantised
-per batch, matrix products in integer kernels (VNNI where the CPU has it). torchao's int8 dynamic quantisation,
+int8 uses onnxruntime's dynamic quantiser on the exported graph: weights stored as int8, one scale per output
+channel and in 7 bits (reduce_range, which keeps the integer products from saturating), activations quantised per
+batch, matrix products in integer kernels. On a minilm-l6 SST-2 classifier this kept 0.982 of the test labels,
+against 0.950 with the quantiser's defaults (one scale per tensor). torchao's int8 dynamic quantisation,
 the other choice, ran MiniLM at batch 1 in 11.9 ms against float32's 5.2 ms on the development CPU (onnxruntime
 int8: 1.4 ms); the ONNX file is a quarter of the float32 size and is what a CPU server runs.
 """
@@ -64,7 +66,7 @@ def write_onnx(model: torch.nn.Module, out: Path, *, int8: bool = False) -> None
         fp32 = out / "fp32.onnx"
         graph.rename(fp32)
         with _quiet():
-            quantize_dynamic(str(fp32), str(graph), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(fp32), str(graph), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
         fp32.unlink()
 
 
@@ -93,6 +95,8 @@ class OnnxClassifier:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # no spinning between runs: a server shares the cores with other models; latency measured the same without
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(folder / GRAPH), options, providers=["CPUExecutionProvider"])
         self.config = SimpleNamespace(num_labels=num_labels)
         self.device = torch.device("cpu")

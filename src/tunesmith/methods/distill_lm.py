@@ -29,7 +29,7 @@ from tunesmith.lm.chat import as_messages
 from tunesmith.lm.logprobs import target_logits
 from tunesmith.methods import Method
 from tunesmith.methods.distill import teacher_run
-from tunesmith.methods.sft import FORGETTING, LM_SCORES, PANELS, Scores, make_task, tokens_of
+from tunesmith.methods.sft import LM_SCORES, PANELS, SFT_OPTIONS, Scores, make_task, tokens_of
 from tunesmith.models import zoo
 from tunesmith.models.build import build_causal_lm, freeze_embeddings
 from tunesmith.models.layers import keep_layers
@@ -135,7 +135,7 @@ METHODS = (
         val_metrics=("loss", "perplexity"),
         headline=("perplexity",),
         section=DistillLMConfig,
-        options=FORGETTING | {"train.loss_on", "eval.generate", "eval.max_new_tokens", "eval.repetition_penalty"},
+        options=SFT_OPTIONS,
         figures=("before_after",),
         panels=PANELS,
     ),

@@ -166,6 +166,7 @@ PANELS = (
     ("generation scores, 0-100 (higher is better)", ("rouge1", "rouge2", "rougeL", "bleu", "exact_match")),
 )
 FORGETTING = forgetting.OPTIONS | {"train.packing", "train.batch_tokens"} | continual.OPTIONS
+SFT_OPTIONS = FORGETTING | {"train.loss_on", "eval.generate", "eval.max_new_tokens", "eval.repetition_penalty"}
 METHODS = (
     Method(
         name="sft",
@@ -175,7 +176,7 @@ METHODS = (
         scores=LM_SCORES,
         val_metrics=("loss", "perplexity"),
         headline=("perplexity",),
-        options=FORGETTING | {"train.loss_on", "eval.generate", "eval.max_new_tokens", "eval.repetition_penalty"},
+        options=SFT_OPTIONS,
         figures=("before_after",),
         panels=PANELS,
     ),

@@ -8,7 +8,6 @@ match). An export below `min_agreement` is refused and nothing is written.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -197,7 +196,3 @@ def _common_share(x: list[int], y: list[int]) -> float:
 
 def _size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def read_export(folder: Path) -> dict:
-    return json.loads((folder / "export.json").read_text())

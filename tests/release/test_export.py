@@ -51,6 +51,8 @@ def test_causal_lm_exports_give_the_greedy_replies_of_the_run(lm_run, fmt):
     if fmt in ("gguf", "merged"):  # float32 GGUF and a copied folder are exact
         assert res["check"]["agreement"] == 1.0 and res["check"]["exact_replies"] == 1.0
     assert any(s["source"] for s in res["check"]["samples"])  # replies to compare, not empty strings
+    assert res["check"]["seconds_export"] > 0 and not (lm_run / "report_error.log").exists()
+    assert f"<td>{fmt}" in (lm_run / "report.html").read_text()
     if fmt != "int8":
         prompts = prompts_of(lm_run)
         ours = api.generate(lm_run, prompts, max_new_tokens=8)

@@ -10,7 +10,9 @@ dynamic int8 of the teacher is timed beside it (in memory) as the alternative th
 Causal LM (smollm2-135m-instruct + LoRA, examples/dialogsum_sft.yaml trained as it is): float32, int8 (torchao
 weight-only) and GGUF q8_0. ROUGE-L of greedy summaries of the first --dialogues test dialogues, and tokens/s of
 one greedy reply of 64 tokens at a time. tunesmith loads GGUF through transformers, which dequantises it to
-float32; where llama-cpp-python imports, the GGUF file is also run by llama.cpp and its greedy tokens compared.
+float32; where llama-cpp-python imports, the GGUF file is also run by llama.cpp and its greedy tokens compared
+(32 at most per reply, on 5 prompts). Build it with CMAKE_ARGS=-DGGML_NATIVE=OFF: the native build died of an
+illegal instruction on this machine's first call.
 
 Targets: a student at >= 97% of its teacher's accuracy at <= 50% of its p50 latency; int8 at >= 99% of its
 source's accuracy.
@@ -241,7 +243,10 @@ def llama_cpp_row(run: Path, prompts: list[list[dict]]) -> dict:
     try:
         from llama_cpp import Llama
     except ImportError:
-        return {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36 builds it)"}
+        return {
+            "skipped": "llama-cpp-python is not installed (CMAKE_ARGS=-DGGML_NATIVE=OFF pip install "
+            "llama-cpp-python==0.3.36 builds it, about 6 minutes on 2 cores)"
+        }
     from tunesmith.infer.generator import Generator
     from tunesmith.lm.chat import prompt_text
 

@@ -2,8 +2,8 @@
 
 Weight-only int8 (torchao's Int8WeightOnlyConfig): the linear weights in a quarter of their float32 bytes, the
 activations left in float. It is an export for size: on the development CPU (benchmarks/compress.py) it generated
-at 0.89x float32's tokens per second, torchao having no faster CPU kernel for it. The folder is a transformers one
-whose config names the quantisation, so `from_pretrained` restores it (torchao installed).
+at 0.80x-0.89x float32's tokens per second. The folder is a transformers one whose config names the quantisation,
+so `from_pretrained` restores it (torchao installed).
 """
 
 from __future__ import annotations

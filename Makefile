@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python benchmarks/activations.py
 	$(BIN)/python benchmarks/classify_step.py
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/compress.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -69,23 +69,14 @@ def percentiles(seconds: list[float]) -> dict:
 
 
 def latencies(models: dict, texts: list[str]) -> dict[str, dict]:
-    """p50/p99 per model at batch 1 (100 texts) and batch 32 (20 batches), the models taking turns text by text,
-    so that a slow spell of this shared machine falls on all of them alike."""
+    """p50/p99 per model at batch 1 (100 texts) and batch 32 (20 batches), the models taking turns."""
+    from tunesmith.release.export import in_turns
+
     for clf in models.values():
         clf.probabilities(texts[:32])  # warm up
-    one: dict[str, list[float]] = {name: [] for name in models}
-    many: dict[str, list[float]] = {name: [] for name in models}
-    for t in texts[:100]:
-        for name, clf in models.items():
-            start = time.perf_counter()
-            clf.probabilities([t])
-            one[name].append(time.perf_counter() - start)
-    for at in range(0, 32 * 20, 32):
-        for name, clf in models.items():
-            start = time.perf_counter()
-            clf.probabilities(texts[at : at + 32])
-            many[name].append(time.perf_counter() - start)
-    return {name: {"batch1": percentiles(one[name]), "batch32": percentiles(many[name])} for name in models}
+    one = in_turns(list(models.values()), [[t] for t in texts[:100]])
+    many = in_turns(list(models.values()), [texts[at : at + 32] for at in range(0, 32 * 20, 32)])
+    return {name: {"batch1": percentiles(a), "batch32": percentiles(b)} for name, a, b in zip(models, one, many)}
 
 
 def classifier_runs(name: str, unlabeled: int) -> tuple[Path, Path]:

@@ -35,9 +35,10 @@ def audit(
 ) -> dict:
     from tunesmith.infer.classifier import Classifier
     from tunesmith.infer.load import model_dir
+    from tunesmith.models.saved import load_classifier
 
     folder = model_dir(run)
-    clf = Classifier.load(folder.parent)
+    clf = Classifier(*load_classifier(folder))
     texts, gold, columns = _rows(folder.parent, clf, data, [c for c in (slice_column, sensitive) if c])
     probs = clf.probabilities(texts)
     pred = probs.argmax(1)

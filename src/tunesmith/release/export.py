@@ -99,17 +99,17 @@ def _write(source: Path, meta: dict, fmt: str, out: Path, gguf_type: str) -> Non
             write_onnx(model, out, int8=fmt == "int8")
         tokenizer.save_pretrained(out)
         return
-    model, tokenizer, _ = load_causal_lm(source)
-    if fmt == "gguf":
-        from tunesmith.models import zoo
-        from tunesmith.release.gguf import GGUF_FILE, source_pre, write_gguf
-
-        base = zoo.source_gguf(meta["base_model"])
-        write_gguf(model, tokenizer, out / GGUF_FILE, outtype=gguf_type, pre=(base and source_pre(base)) or "default")
-    else:
+    if fmt == "int8":  # quantised while transformers loads it from the folder
         from tunesmith.release.int8 import write_int8
 
         write_int8(source, out)
+        return
+    from tunesmith.models import zoo
+    from tunesmith.release.gguf import GGUF_FILE, source_pre, write_gguf
+
+    model, tokenizer, _ = load_causal_lm(source)
+    base = zoo.source_gguf(meta["base_model"])
+    write_gguf(model, tokenizer, out / GGUF_FILE, outtype=gguf_type, pre=(base and source_pre(base)) or "default")
     tokenizer.save_pretrained(out)
 
 
@@ -131,7 +131,7 @@ def _check_labels(run_dir: Path, source: Path, export: Path) -> dict:
     split = splits[name]
     ours, theirs = (Classifier(*load_classifier(f)) for f in (source, export))
     p, q = ours.probabilities(split.texts), theirs.probabilities(split.texts)
-    latency = _p50_ms((ours, theirs), split.texts[:50])
+    latency = [round(float(np.median(t)) * 1000, 2) for t in in_turns([ours, theirs], [[x] for x in split.texts[:50]])]
     gold = np.array([ours.labels.index(y) if y in ours.labels else -1 for y in split.labels])
     return {
         "measure": f"labels of the {len(split)} {name} texts",
@@ -144,15 +144,16 @@ def _check_labels(run_dir: Path, source: Path, export: Path) -> dict:
     }
 
 
-def _p50_ms(classifiers: tuple, texts: list[str]) -> list[float]:
-    """Median milliseconds to label one text (tokenising included), the two models taking turns."""
-    times: list[list[float]] = [[], []]
-    for text in texts:
+def in_turns(classifiers: list, batches: list[list[str]]) -> list[list[float]]:
+    """Seconds each classifier takes to label each batch of texts (tokenising included), the classifiers taking
+    turns batch by batch, so that a slow spell of a shared machine falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in classifiers]
+    for batch in batches:
         for clf, out in zip(classifiers, times):
             start = time.perf_counter()
-            clf.probabilities([text])
+            clf.probabilities(batch)
             out.append(time.perf_counter() - start)
-    return [round(float(np.median(t)) * 1000, 2) for t in times]
+    return times
 
 
 def _check_replies(run_dir: Path, source: Path, export: Path) -> dict:

@@ -17,8 +17,7 @@ import torch
 from tunesmith.errors import TunesmithError
 
 GGUF_FILE = "model.gguf"
-TYPES = {"q8_0": "Q8_0", "f16": "F16", "f32": "F32"}  # the choices for the linear weights; norms stay F32
-_FILE_TYPE = {"q8_0": "MOSTLY_Q8_0", "f16": "MOSTLY_F16", "f32": "ALL_F32"}
+TYPES = {"q8_0": "MOSTLY_Q8_0", "f16": "MOSTLY_F16", "f32": "ALL_F32"}  # linear weights' type: the file's (norms F32)
 _NAMES = {  # transformers' Llama parameter -> GGUF tensor (per block where {i} appears)
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -60,7 +59,7 @@ def write_gguf(model: torch.nn.Module, tokenizer, out: Path, *, outtype: str = "
     w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(getattr(gguf.LlamaFileType, _FILE_TYPE[outtype]).value)
+    w.add_file_type(getattr(gguf.LlamaFileType, TYPES[outtype]).value)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(w, tokenizer, cfg.vocab_size, pre)
     for name, tensor in model.state_dict().items():

@@ -16,12 +16,14 @@ import torch
 
 
 def write_int8(source: Path, out: Path) -> None:
-    """The causal LM in `source` (a transformers folder) with int8 linear weights, saved to `out`."""
-    from transformers import AutoModelForCausalLM, TorchAoConfig
+    """The causal LM in `source` (a transformers folder) with int8 linear weights, saved with its tokenizer to
+    `out`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TorchAoConfig
 
     config = TorchAoConfig(int8_config())
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, quantization_config=config)
     model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
 
 
 def int8_config():

@@ -49,6 +49,7 @@ CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
 
 EXPIRE_EVERY = 1000  # requests logged between two passes of the retention
 
+ADDED_COLUMNS = (("feedback", "item", "INTEGER"), ("requests", "filtered", "TEXT"))  # 2026-12-04, 2026-12-05
 REQUEST_FIELDS = (
     "id", "time", "endpoint", "model", "run_path", "status", "latency_ms", "prompt_tokens", "completion_tokens",
     "prediction", "confidence", "reply_chars", "prompt", "reply", "filtered",
@@ -69,10 +70,9 @@ class Store:
         self.con.execute("PRAGMA journal_mode=WAL")
         self.con.execute("PRAGMA synchronous=FULL")
         self.con.executescript(SCHEMA)
-        if "item" not in {r["name"] for r in self.con.execute("PRAGMA table_info(feedback)")}:  # a store of 2026-12-04
-            self.con.execute("ALTER TABLE feedback ADD COLUMN item INTEGER")
-        if "filtered" not in {r["name"] for r in self.con.execute("PRAGMA table_info(requests)")}:  # before 12-05
-            self.con.execute("ALTER TABLE requests ADD COLUMN filtered TEXT")
+        for table, column, kind in ADDED_COLUMNS:  # a store written before the column existed
+            if column not in {r["name"] for r in self.con.execute(f"PRAGMA table_info({table})")}:
+                self.con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.logged = 0
         self.expire()
 

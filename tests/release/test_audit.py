@@ -69,3 +69,22 @@ def test_data_warnings_name_imbalance_skew_and_duplicates(tmp_path):
     (tmp_path / "data" / "data_report.json").write_text(json.dumps(report))
     out = data_warnings(tmp_path)
     assert out[0].startswith("label imbalance: 'a' has 600") and "2.50x" in out[1] and "12 of 700" in out[2]
+
+
+def test_audit_joins_text_columns_as_training_did(tiny_model, fixtures, tmp_path):
+    from tests.conftest import tiny_config
+    from tunesmith.infer.classifier import Classifier
+    from tunesmith.release.audit import _rows
+
+    rows = list(csv.reader((fixtures / "sst2_train.tsv").open(), delimiter="\t"))[1:301]
+    data = tmp_path / "two.tsv"
+    with data.open("w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["title", "body", "label"])
+        w.writerows([[text.split(" ")[0], text, label] for text, label in rows])
+    cfg = tiny_config(tiny_model, data, tmp_path)
+    cfg["data"] |= {"text": ["title", "body"], "text_separator": " | "}
+    cfg["train"] |= {"epochs": 1}
+    run = api.train(cfg, quiet=True)
+    texts, _, _ = _rows(run, Classifier.load(run), data, [])
+    assert texts[0] == f"{rows[0][0].split(' ')[0]} | {rows[0][0].strip()}"

@@ -75,6 +75,7 @@ def _rows(run_dir: Path, clf, data, wanted: list[str]) -> tuple[list[str], np.nd
             raise TunesmithError(f"{run_dir.name}: the run has no test split; give --data FILE to audit on")
         return split.texts, _label_ids(split.labels, clf.labels, run_dir), {}
     from tunesmith.config import load_config
+    from tunesmith.data.prepare import join_columns
     from tunesmith.data.readers import read_records
 
     d = load_config(run_dir / "config.yaml").data
@@ -89,7 +90,11 @@ def _rows(run_dir: Path, clf, data, wanted: list[str]) -> tuple[list[str], np.nd
     for col in [*text_cols, label, *wanted]:
         if col not in records[0].fields:
             raise TunesmithError(f"{data}: no column {col!r}; its columns are {', '.join(map(str, records[0].fields))}")
-    texts = [" ".join(str(r.fields[c]) for c in text_cols) for r in records]
+    if isinstance(d.text, list):  # joined as the data stage joined them for training
+        key = "+".join(text_cols)
+        texts = [join_columns(r.fields, tuple(text_cols), d.text_separator, r.where)[key] for r in records]
+    else:
+        texts = [str(r.fields[text_cols[0]]) for r in records]
     columns = {c: np.array([str(r.fields.get(c)) for r in records]) for c in wanted}
     return texts, _label_ids([str(r.fields[label]) for r in records], clf.labels, Path(data)), columns
 

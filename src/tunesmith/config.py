@@ -421,18 +421,26 @@ def config_from_dict(raw: dict, source: str = "(dict)", overrides: list[str] | N
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config; relative data paths are taken relative to the config file's folder."""
     path = Path(path)
+    cfg = config_from_dict(read_yaml_mapping(path, "config", "name, model, data, ..."), str(path), overrides)
+    return resolve_paths(cfg, path.parent)
+
+
+def read_yaml_mapping(path: Path, what: str, keys: str, *, empty: dict | None = None) -> dict:
+    """A YAML file that holds a mapping, or an error naming the file (and the line) and the keys it should hold.
+    An empty file is `empty` where one is given, else an error."""
     if not path.is_file():
-        raise TunesmithError(f"config file not found: {path}")
+        raise TunesmithError(f"{what} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise TunesmithError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if raw is None and empty is not None:
+        return empty
     if not isinstance(raw, dict):
-        raise TunesmithError(f"{path}: expected a mapping of keys (name, model, data, ...), got {type(raw).__name__}")
-    cfg = config_from_dict(raw, str(path), overrides)
-    return resolve_paths(cfg, path.parent)
+        raise TunesmithError(f"{path}: expected a mapping of keys ({keys}), got {type(raw).__name__}")
+    return raw
 
 
 def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunesmith.config import read_yaml_mapping
 from tunesmith.data.pii import anonymiser
 from tunesmith.errors import TunesmithError
 
@@ -124,14 +124,7 @@ class Held:
 
 
 def read_spec(path: Path) -> FilterSpec:
-    if not path.is_file():
-        raise TunesmithError(f"filter file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise TunesmithError(f"{path}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(raw, dict):
-        raise TunesmithError(f"{path}: expected a mapping (block, patterns, pii, judge, refusal)")
+    raw = read_yaml_mapping(path, "filter", "block, patterns, pii, judge, refusal", empty={})
     try:
         return FilterSpec.model_validate(raw)
     except ValidationError as err:

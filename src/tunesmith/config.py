@@ -132,8 +132,11 @@ class DistributedConfig(Strict):
 
     # ddp: each process holds the whole model and the gradients are summed across processes at every step;
     # fsdp: PyTorch FSDP2 (full shard): each process holds a shard of every weight, gradient and optimiser state,
-    # and a layer's weights are gathered just for its forward and backward
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # and a layer's weights are gathered just for its forward and backward;
+    # deepspeed: DeepSpeed's ZeRO (zero_stage 2: optimiser state and gradients sharded; 3: the weights too), where the
+    # deepspeed package is installed (train/zero.py)
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    zero_stage: Literal[2, 3] = 2
     # fsdp: the transformer layer classes sharded one by one (e.g. [BertLayer]); default: the model's own list
     # (transformers' _no_split_modules, e.g. LlamaDecoderLayer)
     fsdp_layers: list[str] | None = None
@@ -207,6 +210,7 @@ class ContinualConfig(Strict):
     parent: str | None = None  # the run continued from: a name, registry id or folder (--continue-from sets it)
     # naive: plain sequential fine-tuning; replay: earlier training rows mixed in; l2: a pull towards the parent's
     # weights; ewc: the same pull, weighted per weight by the Fisher information on the parent's training rows
+    # (scaled to a mean of 1, so that a weight means the same pull for ewc as for l2 on an average weight)
     strategy: Literal["naive", "replay", "l2", "ewc"] = "naive"
     replay_ratio: float = Field(0.25, ge=0.0, le=1.0)  # replay: earlier rows mixed in per new training row
     weight: float = Field(1.0, ge=0.0)  # l2, ewc: the strength of the pull (lambda)

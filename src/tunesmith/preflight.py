@@ -8,16 +8,18 @@ from pathlib import Path
 from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import Method
-from tunesmith.train import footprint
+from tunesmith.train import footprint, zero
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 def check_model(cfg: RunConfig, model_dir: Path) -> None:
     """train.max_length within the model's position limit; a tokenizer whose ids all have an embedding; the peak
-    memory of the config within the machine's (train/footprint.py)."""
+    memory of the config within the machine's (train/footprint.py); the engine a distributed strategy names."""
     from transformers import AutoConfig, AutoTokenizer
 
+    if cfg.train.distributed.strategy == "deepspeed":
+        zero.check_installed()
     config = AutoConfig.from_pretrained(model_dir)
     limit = next((getattr(config, k) for k in POSITION_KEYS if isinstance(getattr(config, k, None), int)), None)
     if limit is not None and cfg.train.max_length > limit:

@@ -29,10 +29,10 @@ def _losses(run_dir):
 EXACT = {"group_by_length": False, "dropout": 0.0, "log_every": 1, "precision": "fp32"}  # the same rows, no noise
 
 
-def _one_then_two(cfg: dict, batch: int, strategy: str = "ddp"):
+def _one_then_two(cfg: dict, batch: int, strategy: str = "ddp", *more: str):
     """The run in one process with the whole batch, then in two with half each: the same losses and weights."""
     one = api.train(cfg, quiet=True)
-    half = [f"train.batch_size={batch // 2}", f"train.distributed.strategy={strategy}"]
+    half = [f"train.batch_size={batch // 2}", f"train.distributed.strategy={strategy}", *more]
     two = api.train(cfg, half, quiet=True, nproc=2)
     a, b = _losses(one), _losses(two)
     assert len(a) > 3 and [s for s, _ in a] == [s for s, _ in b]
@@ -77,6 +77,35 @@ def test_fsdp_matches_one_process(tiny_model, tiny_lm, fixtures, tmp_path):
     _one_then_two(sft, 4, "fsdp")
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_matches_one_process(tiny_model, tiny_lm, fixtures, tmp_path, stage):
+    """DeepSpeed's ZeRO over two processes (gloo on this CPU): full fine-tuning of the classifier, and LoRA SFT."""
+    zero = f"train.distributed.zero_stage={stage}"
+    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path / "bert")
+    cfg["train"] |= EXACT | {"epochs": 1, "batch_size": 16}
+    _, two = _one_then_two(cfg, 16, "deepspeed", zero)
+    assert json.loads((two / "eval.json").read_text())["tuned"]["accuracy"] > 0
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    sft = sft_config(
+        tiny_lm, tmp_path / "llama", fixtures / "oasst_20.jsonl", train=EXACT | {"batch_size": 4}, lora=lora
+    )
+    sft["train"] |= {"epochs": 2}
+    sft["eval"] = {"baseline": False}
+    _one_then_two(sft, 4, "deepspeed", zero)
+
+
+def test_deepspeed_missing_is_a_clear_error(tiny_model, fixtures, tmp_path, monkeypatch):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else found(name, *a))
+    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path)
+    cfg["train"] |= {"distributed": {"strategy": "deepspeed"}}
+    with pytest.raises(TunesmithError, match="needs the deepspeed package, which is not installed"):
+        api.train(cfg, quiet=True)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/model"))
+
+
 def test_fsdp_needs_a_layer_class(tiny_model, fixtures, tmp_path):
     with pytest.raises(TunesmithError, match="Sequential names no transformer layer class"):
         layer_classes(torch.nn.Sequential(torch.nn.Linear(2, 2)), None)
@@ -111,10 +140,12 @@ def test_nproc_above_the_cores_is_refused(tiny_model, fixtures, tmp_path):
         api.train(cfg, nproc=999)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_a_two_process_run_resumes_in_one(tiny_model, fixtures, tmp_path, strategy):
+@pytest.mark.parametrize(
+    "distributed", [{"strategy": "ddp"}, {"strategy": "fsdp"}, {"strategy": "deepspeed", "zero_stage": 3}]
+)
+def test_a_two_process_run_resumes_in_one(tiny_model, fixtures, tmp_path, distributed):
     cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path)
-    cfg["train"] |= {"epochs": 2, "batch_size": 8, "checkpoint_every": 5, "distributed": {"strategy": strategy}}
+    cfg["train"] |= {"epochs": 2, "batch_size": 8, "checkpoint_every": 5, "distributed": distributed}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = os.environ | {"TUNESMITH_KILL_AT": "step@12"}  # both processes die after their 12th step

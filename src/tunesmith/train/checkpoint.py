@@ -63,14 +63,15 @@ def save_checkpoint(
     keep: int,
     weights: dict | None = None,
     optim: dict | None = None,
+    strategy: str = "ddp",
 ) -> Path:
-    """checkpoints/step-N/: weights, optimiser, RNG and the loop's position; older ones pruned to `keep`. A sharded
-    (FSDP) model's weights and optimiser come gathered, the optimiser keyed by parameter name."""
+    """checkpoints/step-N/: weights, optimiser, RNG and the loop's position; older ones pruned to `keep`. Under an
+    engine (FSDP, DeepSpeed) the weights and optimiser come gathered, the optimiser keyed by parameter name."""
     final = folder / f"step-{loop_state['step']}"
     folder.mkdir(parents=True, exist_ok=True)
     with staged_dir(final, replace=True, fault="checkpoint") as tmp:
         save_file(trainable_state(model) if weights is None else _contiguous(weights), tmp / "weights.safetensors")
-        state = {"optimizer": optimizer.state_dict() if optim is None else optim, "sharded": optim is not None}
+        state = {"optimizer": optimizer.state_dict() if optim is None else optim, "strategy": strategy}
         torch.save(state | {"loop": loop_state, "rng": rng_state()}, tmp / "state.pt")
     for old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -83,16 +84,26 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def restore_checkpoint(
-    path: Path, saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool = False
+    path: Path,
+    saved: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    strategy: str = "ddp",
+    engine=None,
 ) -> dict:
-    """Weights from path, optimiser and RNG from `saved` (its state.pt, already loaded); the loop state back."""
-    if saved.get("sharded", False) != sharded:
-        was = "fsdp" if saved.get("sharded") else "ddp (or one process)"
+    """Weights from path, optimiser and RNG from `saved` (its state.pt, already loaded); the loop state back.
+    `engine`: DeepSpeed's, which holds the model and optimiser under strategy deepspeed."""
+    was = saved.get("strategy") or ("fsdp" if saved.get("sharded") else "ddp")  # "sharded": before DeepSpeed
+    if was != strategy:
         raise TunesmithError(f"{path}: written under train.distributed.strategy {was}; resume with that strategy")
-    if sharded:
+    if strategy == "fsdp":
         from tunesmith.train.dist import load_full_state
 
         load_full_state(model, optimizer, load_file(path / "weights.safetensors"), saved["optimizer"])
+    elif strategy == "deepspeed":
+        from tunesmith.train import zero
+
+        zero.load_full_state(engine, load_file(path / "weights.safetensors"), saved["optimizer"])
     else:
         load_trainable(model, load_file(path / "weights.safetensors"))
         optimizer.load_state_dict(saved["optimizer"])

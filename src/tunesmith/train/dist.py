@@ -170,15 +170,22 @@ def shard(model: torch.nn.Module, world: World, device: torch.device, names: lis
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
+    """Its weights are in shards (FSDP, ZeRO-3): a forward needs every rank."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    from tunesmith.train import zero
+
+    return isinstance(model, FSDPModule) or zero.partitioned(model)
 
 
 def full_state(model: torch.nn.Module, world: World, trainable_only: bool = True) -> dict[str, torch.Tensor]:
     """The whole weights of a sharded model, gathered (every rank takes part; rank 0 receives them, on the CPU)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from tunesmith.train import zero
+
+    if zero.partitioned(model):
+        return zero.full_weights(model)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if trainable_only:
         keep = {n for n, p in model.named_parameters() if p.requires_grad}

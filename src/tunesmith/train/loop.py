@@ -18,7 +18,7 @@ import torch
 from tunesmith import faults
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.train import dist
+from tunesmith.train import dist, zero
 from tunesmith.train.batches import token_budget
 from tunesmith.train.checkpoint import (
     list_checkpoints,
@@ -76,8 +76,9 @@ class Task:
 def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False) -> FitResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    fsdp = cfg.distributed.strategy == "fsdp"
-    world = dist.start(device.type, cfg.distributed.timeout_s, fsdp)  # one of several processes: see train/dist.py
+    strategy = cfg.distributed.strategy
+    sharded = strategy != "ddp"  # an engine (FSDP, DeepSpeed's ZeRO) holds shards and reduces the gradients itself
+    world = dist.start(device.type, cfg.distributed.timeout_s, sharded)  # one of several processes: train/dist.py
     device = dist.device_for(device, world)
     ckpt_dir = run_dir / "checkpoints"
     found = list_checkpoints(ckpt_dir) if resume else []
@@ -89,9 +90,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     else:
         precision, reason = pick_precision(cfg.precision, device)
     precision, reason = dist.broadcast((precision, reason), world)  # a timing probe could answer per rank
-    if fsdp and (precision == "fp16" or task.samples_from_model):
+    if sharded and (precision == "fp16" or task.samples_from_model):
         why = "fp16 (use bf16 or fp32)" if precision == "fp16" else "a method that samples from the model it trains"
-        raise TunesmithError(f"train.distributed.strategy fsdp does not run {why}; or use strategy: ddp")
+        raise TunesmithError(f"train.distributed.strategy {strategy} does not run {why}; or use strategy: ddp")
     threads = cfg.threads or (dist.threads_for(world) if world.size > 1 else None)
     if threads:
         torch.set_num_threads(threads)
@@ -101,8 +102,12 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     if task.setup:
         task.setup(device)
     dist.same_start(model, world)
-    net = dist.shard(model, world, device, cfg.distributed.fsdp_layers) if fsdp else model  # what trains
-    ranks_averaged = world.size if fsdp else 1  # FSDP averages gradients over the ranks; the loop wants their sum
+    net = model  # what trains
+    if strategy == "fsdp":
+        net = dist.shard(model, world, device, cfg.distributed.fsdp_layers)
+    elif strategy == "deepspeed":
+        net = zero.copy_for(model, device)
+    ranks_averaged = world.size if sharded else 1  # the engines average gradients over the ranks; the loop sums them
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = build_optimizer(
         net,
@@ -112,6 +117,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         head_names=task.head_names,
         device=device,
     )
+    engine = None  # DeepSpeed's, which then steps the optimiser
+    if strategy == "deepspeed":
+        engine = zero.engine(net, optimizer, cfg.distributed.zero_stage, cfg.max_grad_norm)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     first_plan = task.batches(0)
@@ -129,7 +137,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
 
     state = LoopState(precision=precision)
     if saved:
-        state = LoopState(**restore_checkpoint(found[-1], saved, net, optimizer, sharded=fsdp))
+        state = LoopState(**restore_checkpoint(found[-1], saved, net, optimizer, strategy, engine))
     log = MetricsLog(run_dir, state.step if resume else None) if world.main else None
     _write(
         log,
@@ -172,11 +180,12 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     with autocast(device, precision):
                         loss, metrics = _split(task.loss(net, _move(batch, device)))
                         loss = loss * (weight / denom)
-                    (scaler.scale(loss) if scaler else loss * ranks_averaged).backward()
+                    scaled = scaler.scale(loss) if scaler else loss * ranks_averaged
+                    engine.backward(scaled) if engine else scaled.backward()
                     step_loss += loss.item()
                     for key, value in metrics.items():
                         step_metrics[key] += weight * float(value) / denom
-                if not fsdp:  # FSDP has reduce-scattered them in the backward
+                if not sharded:  # an engine has reduce-scattered them in the backward
                     synced = time.perf_counter()
                     dist.sum_gradients(trainable, world)
                     state.sync_seconds += time.perf_counter() - synced
@@ -188,15 +197,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 examples, tokens, target_tokens = (int(round(c)) for c in summed[:3])
                 for key, value in zip(keys, summed[3:]):
                     running_metrics[key] += value
-                if scaler:
-                    scaler.unscale_(optimizer)
-                grad_norm = _clip(trainable, cfg.max_grad_norm) if cfg.max_grad_norm else None
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = zero.step(engine) if engine else _step(optimizer, scaler, trainable, cfg.max_grad_norm)
                 faults.point("step")
                 state.examples += examples
                 state.tokens += tokens
@@ -226,13 +227,17 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                     state.eval_seconds += time.perf_counter() - clock  # validation is not training time
                     clock = time.perf_counter()
                 if step % cfg.checkpoint_every == 0 and step < total:
-                    _checkpoint(net, optimizer, state, cfg, ckpt_dir, world, fsdp)
+                    _checkpoint(net, engine or optimizer, state, cfg, ckpt_dir, world, strategy)
+        if strategy == "fsdp":
+            dist.unshard_into(model, net, world, device)
+        elif strategy == "deepspeed":
+            zero.gather_into(model, net, world.main, device)
     finally:
         progress.close()
         if log:
             log.close()
-    if fsdp:
-        dist.unshard_into(model, net, world, device)
+        if engine:
+            zero.finish(engine)
     dist.finish(world)
     if not world.main:
         raise dist.WorkerDone
@@ -264,16 +269,32 @@ def _split(out: Loss) -> tuple[torch.Tensor, dict]:
     return out if isinstance(out, tuple) else (out, {})
 
 
-def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+def _step(optimizer, scaler, params: list[torch.nn.Parameter], max_norm: float | None) -> float | None:
+    """Clip (fp16: after unscaling), step and zero the gradients; the norm clipped by."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm else None
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if norm is None:
+        return None
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a sharded norm
 
 
-def _checkpoint(net, optimizer, state: LoopState, cfg: TrainConfig, ckpt_dir: Path, world: dist.World, fsdp: bool):
-    """Rank 0 writes it; under FSDP every rank first takes part in gathering the whole weights and optimiser."""
-    gathered = (dist.full_state(net, world), dist.full_optimizer_state(net, optimizer)) if fsdp else (None, None)
+def _checkpoint(net, optimizer, state: LoopState, cfg: TrainConfig, ckpt_dir: Path, world: dist.World, strategy: str):
+    """Rank 0 writes it; under an engine every rank first takes part in gathering the whole weights and optimiser
+    (`optimizer`: DeepSpeed's engine under strategy deepspeed)."""
+    gathered = (None, None)
+    if strategy == "fsdp":
+        gathered = (dist.full_state(net, world), dist.full_optimizer_state(net, optimizer))
+    elif strategy == "deepspeed":
+        gathered = (zero.full_weights(net), zero.full_optimizer_state(optimizer, state.step))
     if world.main:
-        save_checkpoint(ckpt_dir, net, optimizer, state.to_dict(), cfg.keep_checkpoints, *gathered)
+        save_checkpoint(ckpt_dir, net, optimizer, state.to_dict(), cfg.keep_checkpoints, *gathered, strategy)
         release_freed_memory()  # the serialisation buffers (weights + optimiser) were just freed
 
 
@@ -298,7 +319,7 @@ def _evaluate(
 ) -> None:
     """Rank 0 validates (under FSDP every rank, since each forward gathers from all); every rank takes rank 0's
     metrics, so that all stop early at the same step."""
-    sharded = dist.is_sharded(model)
+    sharded = dist.is_sharded(model)  # FSDP, ZeRO-3
     metrics = None
     if world.main or sharded:
         model.eval()
@@ -323,7 +344,7 @@ def _evaluate(
     lower = metric in task.minimise
     if state.best is None or (value < state.best - stop.min_delta if lower else value > state.best + stop.min_delta):
         state.best, state.best_metrics, state.bad_evals = value, {"step": state.step, **metrics}, 0
-        weights = dist.full_state(model, world) if sharded else None
+        weights = dist.full_state(model, world) if sharded else None  # ZeRO-2: whole on every rank
         if world.main:
             save_weights(model, ckpt_dir / "best", weights)
     else:

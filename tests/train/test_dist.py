@@ -62,11 +62,16 @@ def test_two_processes_match_one_lora_sft(tiny_lm, fixtures, tmp_path):
     _one_then_two(cfg, 4)
 
 
-def test_fsdp_matches_one_process(tiny_model, tiny_lm, fixtures, tmp_path):
-    """FSDP2 (full shard) over two processes: full fine-tuning of the classifier, and LoRA SFT."""
+ZERO = "train.distributed.zero_stage"
+
+
+@pytest.mark.parametrize("engine", [["fsdp"], ["deepspeed", f"{ZERO}=2"], ["deepspeed", f"{ZERO}=3"]])
+def test_a_sharding_engine_matches_one_process(tiny_model, tiny_lm, fixtures, tmp_path, engine):
+    """FSDP2 (full shard) and DeepSpeed's ZeRO-2 and ZeRO-3 over two processes (gloo on this CPU): full fine-tuning of
+    the classifier, and LoRA SFT."""
     cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path / "bert")
     cfg["train"] |= EXACT | {"epochs": 1, "batch_size": 16}  # BERT's layers: found (its _no_split_modules)
-    _, two = _one_then_two(cfg, 16, "fsdp")
+    _, two = _one_then_two(cfg, 16, *engine)
     assert json.loads((two / "eval.json").read_text())["tuned"]["accuracy"] > 0
     lora = {"r": 4, "alpha": 8, "dropout": 0.0}
     sft = sft_config(
@@ -74,24 +79,7 @@ def test_fsdp_matches_one_process(tiny_model, tiny_lm, fixtures, tmp_path):
     )
     sft["train"] |= {"epochs": 2}
     sft["eval"] = {"baseline": False}
-    _one_then_two(sft, 4, "fsdp")
-
-
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_matches_one_process(tiny_model, tiny_lm, fixtures, tmp_path, stage):
-    """DeepSpeed's ZeRO over two processes (gloo on this CPU): full fine-tuning of the classifier, and LoRA SFT."""
-    zero = f"train.distributed.zero_stage={stage}"
-    cfg = tiny_config(tiny_model, fixtures / "sst2_train.tsv", tmp_path / "bert")
-    cfg["train"] |= EXACT | {"epochs": 1, "batch_size": 16}
-    _, two = _one_then_two(cfg, 16, "deepspeed", zero)
-    assert json.loads((two / "eval.json").read_text())["tuned"]["accuracy"] > 0
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
-    sft = sft_config(
-        tiny_lm, tmp_path / "llama", fixtures / "oasst_20.jsonl", train=EXACT | {"batch_size": 4}, lora=lora
-    )
-    sft["train"] |= {"epochs": 2}
-    sft["eval"] = {"baseline": False}
-    _one_then_two(sft, 4, "deepspeed", zero)
+    _one_then_two(sft, 4, *engine)
 
 
 def test_deepspeed_missing_is_a_clear_error(tiny_model, fixtures, tmp_path, monkeypatch):

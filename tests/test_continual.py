@@ -94,6 +94,19 @@ def test_the_pull_is_half_lambda_times_the_weighted_squared_distance():
     assert float(ewc(layer)) == pytest.approx(0.5 * 4 * 1)  # no Fisher weight on the second input
 
 
+def test_the_fisher_has_a_mean_of_one_and_keeps_its_proportions():
+    from tunesmith.continual import fisher_information
+
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 0.0]]))
+    batches = [{"x": torch.tensor([[1.0, 3.0]]), "n": 1}, {"x": torch.tensor([[1.0, 1.0]]), "n": 1}]
+    fisher = fisher_information(layer, lambda m, b: (m(b["x"]) - 1.0).pow(2).sum(), batches)["weight"]
+    raw = torch.tensor([[(4 + 4) / 2, (36 + 4) / 2]])  # gradient 2(wx - 1)x = -2x, squared, averaged over batches
+    assert float(fisher.mean()) == pytest.approx(1.0)
+    assert torch.allclose(fisher, raw / raw.mean())
+
+
 def test_backward_and_forward_transfer_by_hand(tmp_path):
     from tunesmith.continual import Parent
 

@@ -339,7 +339,9 @@ def main() -> None:
         result["grpo"] = side_by_side(base, test) | {"rows": {"train_prompts": 2 * steps, "heldout": n_test}}
     result["seconds"] = time.perf_counter() - started
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
+    # the sections not run (--only; the worked examples of preference_examples.py) stay as they were
+    kept = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    a.out.write_text(json.dumps(kept | result, indent=2) + "\n")
     print(f"wrote {a.out}")
 
 

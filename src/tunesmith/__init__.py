@@ -8,3 +8,7 @@ __version__ = "0.1.0"
 # GPU kernels did not load, and torch that torchao registers enums the old way: notices for torchao's authors.
 for _name in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_name).setLevel(logging.ERROR)
+
+# transformers' save_pretrained imports DeepSpeed whenever it is installed (accelerate checks for its engine), and on a
+# machine without a GPU DeepSpeed then warns that it "was unable to detect" one: a notice for nobody, in every run.
+logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())

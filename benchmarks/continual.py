@@ -94,7 +94,7 @@ def config(name: str, train: str, test: str, work: Path, recipe: dict, **continu
     }  # fmt: skip
 
 
-def stream(tasks: list[tuple[str, list, list]], work: Path, strategies: list[str], recipe: dict) -> dict:
+def stream(tasks: list, work: Path, strategies: list[str], recipe: dict, ratio: float, joint: bool = True) -> dict:
     from tunesmith import api
 
     files = [(name, write_csv(tr, work / f"{name}-train.csv"), write_csv(te, work / f"{name}-test.csv"))
@@ -105,17 +105,20 @@ def stream(tasks: list[tuple[str, list, list]], work: Path, strategies: list[str
     out["first_task_s"] = round(time.perf_counter() - start, 1)
     for strategy in strategies:
         start, parent = time.perf_counter(), first
-        options = {"strategy": strategy} | ({"replay_ratio": REPLAY_RATIO} if strategy == "replay" else {})
+        options = {"strategy": strategy} | ({"replay_ratio": ratio} if strategy == "replay" else {})
         options |= {"weight": WEIGHTS[strategy]} if strategy in WEIGHTS else {}
+        key = f"replay_{ratio:g}" if strategy == "replay" and ratio != REPLAY_RATIO else strategy
         for name, train, test in files[1:]:
             parent = api.train(config(f"{strategy}-{name}", train, test, work, recipe, **options),
                                continue_from=str(parent),
                                quiet=True)  # fmt: skip
         report = json.loads((parent / "eval.json").read_text())["continual"]
-        out[strategy] = {k: report[k] for k in ("avg_acc", "bwt", "fwt", "matrix")} | {
+        out[key] = {k: report[k] for k in ("avg_acc", "bwt", "fwt", "matrix")} | {
             "seconds": round(time.perf_counter() - start, 1)
         }
-        print(f"{strategy}: {json.dumps(out[strategy])}", flush=True)
+        print(f"{key}: {json.dumps(out[key])}", flush=True)
+    if not joint:
+        return out
     start = time.perf_counter()
     joint_train = write_csv([r for _, tr, _ in tasks for r in tr], work / "joint-train.csv")
     joint = api.train(config("joint", joint_train, files[0][2], work, recipe), quiet=True)
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="at most this many training rows per task")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--replay-ratio", type=float, default=REPLAY_RATIO, help="a ratio but the default: replay_R")
+    parser.add_argument("--add", action="store_true", help="add these strategies to the stream's figures (no joint)")
     args = parser.parse_args()
     need = {"sentiment": args.data / "sentiment_stream", "banking77": args.data / "banking77"}
     missing = [str(need[s]) for s in args.streams if not need[s].is_dir()]
@@ -147,7 +152,7 @@ def main() -> None:
         settings = {
             "strategies": args.strategies,
             "rows": args.rows,
-            "replay_ratio": REPLAY_RATIO,
+            "replay_ratio": args.replay_ratio,
             "weights": WEIGHTS,
             "recipe": RECIPES[name],
             "machine": platform.processor() or platform.machine(),
@@ -156,11 +161,17 @@ def main() -> None:
         }
         with tempfile.TemporaryDirectory() as tmp:
             tasks = build[name](args.data, args.rows)
-            result = {"settings": settings} | stream(tasks, Path(tmp), args.strategies, RECIPES[name])
-        naive, replay = result.get("naive"), result.get("replay")
-        if naive and replay and naive["bwt"]:
-            result["replay_forgetting_ratio"] = round(replay["bwt"] / naive["bwt"], 3)  # target <= 0.5
-            result["replay_gap_to_joint"] = round(replay["avg_acc"] - result["joint"]["avg_acc"], 4)  # >= -0.02
+            ran = stream(tasks, Path(tmp), args.strategies, RECIPES[name], args.replay_ratio, not args.add)
+        if args.add:
+            result = out.get(name, {}) | {k: v for k, v in ran.items() if k.startswith(tuple(STRATEGIES))}
+            result[f"settings_{'_'.join(args.strategies)}_{args.replay_ratio:g}"] = settings
+        else:
+            result = {"settings": settings} | ran
+        naive, joint = result.get("naive"), result.get("joint")
+        for key in [k for k in result if k.startswith("replay") and isinstance(result[k], dict) and "bwt" in result[k]]:
+            if naive and joint and naive["bwt"]:  # targets: forgetting ratio <= 0.5, gap to joint >= -0.02
+                result[f"{key}_forgetting_ratio"] = round(result[key]["bwt"] / naive["bwt"], 3)
+                result[f"{key}_gap_to_joint"] = round(result[key]["avg_acc"] - joint["avg_acc"], 4)
         out[name] = result
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")

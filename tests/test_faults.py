@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +32,9 @@ def cli(*args: str, kill_at: str | None = None, file_limit: int | None = None, w
     )
 
     def limit():
+        # a suite started in the background by a shell without job control ignores SIGINT, and a child would inherit
+        # that: the SIGINT test then interrupts nothing
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if file_limit:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 

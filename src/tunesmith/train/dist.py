@@ -150,15 +150,13 @@ def finish(world: World) -> None:
 def shard(model: torch.nn.Module, world: World, device: torch.device, names: list[str] | None) -> torch.nn.Module:
     """A copy of the model, sharded by FSDP2 over the ranks: each transformer layer, then the rest. The model itself
     goes to the CPU, whole, until unshard_into gives it the trained weights."""
-    import copy
 
     from torch.distributed.fsdp import fully_shard
 
     from tunesmith.models.layers import layer_classes
 
     classes = layer_classes(model, names)
-    model.to("cpu")
-    sharded = copy.deepcopy(model).to(device)
+    sharded = training_copy(model, device)
     try:
         for module in sharded.modules():
             if type(module) in classes:
@@ -167,6 +165,15 @@ def shard(model: torch.nn.Module, world: World, device: torch.device, names: lis
     except ValueError as err:  # e.g. a weight tied across two layers
         raise TunesmithError(f"train.distributed.fsdp_layers: FSDP cannot shard this model so: {err}") from None
     return sharded
+
+
+def training_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The copy that an engine (FSDP, DeepSpeed) trains; the model itself waits on the CPU, whole, for the trained
+    weights (unshard_into, zero.gather_into)."""
+    import copy
+
+    model.to("cpu")
+    return copy.deepcopy(model).to(device)
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

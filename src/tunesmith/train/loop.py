@@ -106,7 +106,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     if strategy == "fsdp":
         net = dist.shard(model, world, device, cfg.distributed.fsdp_layers)
     elif strategy == "deepspeed":
-        net = zero.copy_for(model, device)
+        net = dist.training_copy(model, device)
     ranks_averaged = world.size if sharded else 1  # the engines average gradients over the ranks; the loop sums them
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = build_optimizer(

@@ -16,7 +16,6 @@ oneCCL bindings are absent).
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
 import os
@@ -24,8 +23,9 @@ import os
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.train.checkpoint import load_trainable
 
-VERSION = "0.19.8"  # the version tested here (tests/train/test_zero.py)
+VERSION = "0.19.8"  # the version tested here (tests/train/test_dist.py)
 ADAM_STATE = ("exp_avg", "exp_avg_sq")
 ALONE = "TUNESMITH_ZERO_SET_LOCAL_RANK"
 
@@ -68,12 +68,6 @@ def finish(wrapped) -> None:
         os.environ.pop("LOCAL_RANK", None)
 
 
-def copy_for(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The copy that trains under the engine; the model itself waits on the CPU, whole, for gather_into."""
-    model.to("cpu")
-    return copy.deepcopy(model).to(device)
-
-
 def step(wrapped) -> float | None:
     """The optimiser step (clipping first, if configured); the gradient norm it clipped by."""
     wrapped.step()
@@ -83,8 +77,10 @@ def step(wrapped) -> float | None:
 
 def partitioned(model: torch.nn.Module) -> bool:
     """ZeRO-3 holds a shard of each weight: a forward needs every process, and the parts of a model (its decoder,
-    then its head) cannot be called one by one."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+    then its head) cannot be called one by one. ZeRO-3 converts every parameter, so the first one tells (this runs
+    on every loss call)."""
+    first = next(model.parameters(), None)
+    return first is not None and hasattr(first, "ds_id")
 
 
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -147,8 +143,5 @@ def gather_into(model: torch.nn.Module, net: torch.nn.Module, main: bool, device
     """The trained weights of the engine's copy into the method's model, on the main process, on the device."""
     weights = full_weights(net)
     if main:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
+        load_trainable(model, weights)
         model.to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import traceback
 import warnings
@@ -55,7 +56,10 @@ def train(
         return launch(cfg, nproc, resume=resume, overrides=overrides, continue_from=continue_from, quiet=quiet)
     world = _start_world(config, overrides, resume)
     if not world.main:
-        return _train_worker(world)
+        try:
+            return _train_worker(world)
+        finally:
+            dist.close(world)
     try:
         return _train(config, overrides, resume, continue_from, quiet, on_data, world, study)
     except Exception as err:
@@ -65,6 +69,7 @@ def train(
     finally:
         if not told_run_dir():  # the other ranks wait for the run folder: None tells them there is nothing to train
             tell_run_dir(None, world)
+        dist.close(world)
 
 
 def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist.World, study: str | None) -> Path:
@@ -139,6 +144,7 @@ def _start_world(config, overrides: list[str] | None, resume: str | Path | None)
         cfg = _as_config(config, overrides)
     world = dist.start(pick_device(cfg.train.device).type, cfg.train.distributed.timeout_s)
     fail_on_sigterm()
+    faulthandler.enable(all_threads=True)  # a rank that a native library aborts prints where it was
     return world
 
 

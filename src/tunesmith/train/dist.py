@@ -106,10 +106,27 @@ def sum_floats(values: list[float], world: World) -> list[float]:
         return values
     import torch.distributed as dist
 
-    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None  # NCCL: GPU only
-    t = torch.tensor(values, dtype=torch.float64, device=on)
+    t = torch.tensor(values, dtype=torch.float64, device=_small_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def most(value: int, world: World) -> int:
+    """The largest of the ranks' values."""
+    if world.size == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64, device=_small_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _small_device() -> torch.device | None:
+    """Where a small collective's tensor lives: NCCL talks only between GPUs."""
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
 
 
 def same_start(model: torch.nn.Module, world: World) -> None:
@@ -145,6 +162,16 @@ def finish(world: World) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def close(world: World) -> None:
+    """The process group taken down by each rank as its part of the run ends, without waiting for the others (rank 0
+    evaluates long after the others are done): not left to the interpreter's exit, where gloo's threads may still be
+    running and abort the process."""
+    import torch.distributed as dist
+
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(model: torch.nn.Module, world: World, device: torch.device, names: list[str] | None) -> torch.nn.Module:

@@ -169,28 +169,35 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 parts = (
                     [p for item in mine or items[:1] for p in task.split(item, budget)] if budget else mine or items[:1]
                 )
+                weights = [weight] * len(parts)
+                if sharded and world.size > 1:  # an engine's collectives run in each forward and backward: as many
+                    extra = dist.most(len(parts), world) - len(parts)  # on every rank (the extra ones weighted 0)
+                    parts, weights = parts + parts[:1] * extra, weights + [0.0] * extra
                 with torch.no_grad():
                     group = [task.collate(part) for part in parts]
                 lr = lr_at(state.step, warmup=warmup, total=total, peak=cfg.lr, schedule=cfg.schedule)
                 for g in optimizer.param_groups:
                     g["lr"] = lr * g["base_lr"] / cfg.lr
-                (denom,) = dist.sum_floats([weight * sum(int(b["n"]) for b in group)], world)
+                (denom,) = dist.sum_floats([sum(w * int(b["n"]) for w, b in zip(weights, group))], world)
                 step_loss, step_metrics = 0.0, defaultdict(float)
-                for batch in group:
+                for w, batch in zip(weights, group):
                     with autocast(device, precision):
-                        loss, metrics = _split(task.loss(net, _move(batch, device)))
-                        loss = loss * (weight / denom)
+                        # through DeepSpeed's engine, whose forward marks a new micro-batch (ZeRO-3 would else
+                        # overwrite the gradients of a step's earlier parts instead of adding to them)
+                        loss, metrics = _split(task.loss(engine or net, _move(batch, device)))
+                        loss = loss * (w / denom)
                     scaled = scaler.scale(loss) if scaler else loss * ranks_averaged
                     engine.backward(scaled) if engine else scaled.backward()
                     step_loss += loss.item()
                     for key, value in metrics.items():
-                        step_metrics[key] += weight * float(value) / denom
+                        step_metrics[key] += w * float(value) / denom
                 if not sharded:  # an engine has reduce-scattered them in the backward
                     synced = time.perf_counter()
                     dist.sum_gradients(trainable, world)
                     state.sync_seconds += time.perf_counter() - synced
                 counts = [
-                    weight * sum(int(b.get(k, 0)) for b in group) for k in ("examples", "tokens", "target_tokens")
+                    sum(w * int(b.get(k, 0)) for w, b in zip(weights, group))
+                    for k in ("examples", "tokens", "target_tokens")
                 ]
                 keys = sorted(step_metrics)
                 step_loss, *summed = dist.sum_floats([step_loss, *counts, *(step_metrics[k] for k in keys)], world)

@@ -2,6 +2,10 @@
 and zero_grad, in ms per step, at batches of 32 and 128 random SST-2 train rows (bf16 autocast, as tunesmith picks
 on a CPU with native bf16), 20 timed steps after 5 warm-up steps.
 
+clip_flat is the lever of a flat gradient buffer (issue 19): the same clipping when every gradient is a view of one
+buffer, so that the norm is one reduction instead of one per tensor (the buffer is filled untimed, as a real one
+would be by the backward itself).
+
     .venv/bin/python benchmarks/classify_step.py        (a minute; needs ../shared/data/sst2)
 Result: benchmarks/results/classify_step.json
 """
@@ -37,7 +41,7 @@ opt = build_optimizer(model, lr=5e-5, weight_decay=0.01)
 rng = np.random.default_rng(0)
 out = {}
 for bs in (32, 128):
-    phases = {"collate": 0, "forward": 0, "backward": 0, "clip": 0, "optimizer": 0, "zero_grad": 0}
+    phases = {"collate": 0, "forward": 0, "backward": 0, "clip": 0, "clip_flat": 0, "optimizer": 0, "zero_grad": 0}
     n = 0
     toks = 0
     for step in range(25):
@@ -54,6 +58,11 @@ for bs in (32, 128):
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         t3 = time.perf_counter()
+        flat = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+        tf = time.perf_counter()
+        flat.mul_(torch.clamp(1.0 / (flat.norm() + 1e-6), max=1.0))
+        phases["clip_flat"] += time.perf_counter() - tf if step >= 5 else 0
+        t3b = time.perf_counter()
         opt.step()
         t4 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -62,7 +71,8 @@ for bs in (32, 128):
             n += 1
             toks += int(b["attention_mask"].numel())
             for k, v in zip(
-                ("forward", "backward", "clip", "optimizer", "zero_grad"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+                ("forward", "backward", "clip", "optimizer", "zero_grad"),
+                (t1 - t0, t2 - t1, t3 - t2, t4 - t3b, t5 - t4),
             ):
                 phases[k] += v
     out[bs] = {k: round(1000 * v / n, 1) for k, v in phases.items()} | {"padded_tokens_per_step": toks // n}

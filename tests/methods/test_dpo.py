@@ -164,7 +164,9 @@ def test_zero3_gives_the_same_run(tiny_lm, tmp_path, fixtures):
     cfg = dpo_config(tiny_lm, tmp_path, fixtures, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     cfg["train"] |= {"epochs": 2, "batch_tokens": 256, "precision": "fp32"}  # a step in several parts; no probe
     zero3 = ["train.distributed.strategy=deepspeed", "train.distributed.zero_stage=3"]
+    linear = F.linear
     runs = [api.train(cfg, quiet=True), api.train(cfg, zero3, quiet=True)]
+    assert F.linear is linear  # DeepSpeed left torch's own (its memory_efficient_linear is off)
     losses = [[r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                if "loss" in r and r.get("split") is None] for run in runs]  # fmt: skip
     assert len(losses[0]) > 3 and len(losses[0]) == len(losses[1])

@@ -50,7 +50,9 @@ def engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: int,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,
         "gradient_clipping": max_grad_norm or 0.0,
-        "zero_optimization": {"stage": stage},
+        # memory_efficient_linear would swap torch's F.linear for ZeRO-3's for the rest of the process, breaking
+        # later work in it (a torchao int8 export, another run)
+        "zero_optimization": {"stage": stage, "memory_efficient_linear": False},
         "zero_allow_untested_optimizer": True,  # the loop's own (fused) AdamW, not DeepSpeed's CPU/fused Adam
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,

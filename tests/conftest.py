@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -165,3 +166,9 @@ def sft_config(tiny_lm, tmp_path, data_file, **extra):
     for key, value in extra.items():
         cfg[key] = cfg.get(key, {}) | value if isinstance(value, dict) else value
     return cfg
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, training loss) of every logged training step in the run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r and r.get("split") is None]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import sft_config
+from tests.conftest import sft_config, train_losses
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
@@ -167,7 +167,6 @@ def test_zero3_gives_the_same_run(tiny_lm, tmp_path, fixtures):
     linear = F.linear
     runs = [api.train(cfg, quiet=True), api.train(cfg, zero3, quiet=True)]
     assert F.linear is linear  # DeepSpeed left torch's own (its memory_efficient_linear is off)
-    losses = [[r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-               if "loss" in r and r.get("split") is None] for run in runs]  # fmt: skip
-    assert len(losses[0]) > 3 and len(losses[0]) == len(losses[1])
-    assert max(abs(a - b) for a, b in zip(*losses)) < 1e-4
+    plain, zero = (train_losses(run) for run in runs)
+    assert len(plain) > 3 and [s for s, _ in plain] == [s for s, _ in zero]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(plain, zero)) < 1e-4

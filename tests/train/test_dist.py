@@ -12,18 +12,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import sft_config, tiny_config
+from tests.conftest import sft_config, tiny_config, train_losses
 from tunesmith import api
 from tunesmith.errors import TunesmithError
 from tunesmith.models.layers import layer_classes
 from tunesmith.runs import Registry
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two processes need two cores")
-
-
-def _losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if "loss" in r and r.get("split") is None]
 
 
 EXACT = {"group_by_length": False, "dropout": 0.0, "log_every": 1, "precision": "fp32"}  # the same rows, no noise
@@ -34,7 +29,7 @@ def _one_then_two(cfg: dict, batch: int, strategy: str = "ddp", *more: str):
     one = api.train(cfg, quiet=True)
     half = [f"train.batch_size={batch // 2}", f"train.distributed.strategy={strategy}", *more]
     two = api.train(cfg, half, quiet=True, nproc=2)
-    a, b = _losses(one), _losses(two)
+    a, b = train_losses(one), train_losses(two)
     assert len(a) > 3 and [s for s, _ in a] == [s for s, _ in b]
     assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 1e-5
     wa, wb = (load_file(run / "model" / "model.safetensors") for run in (one, two))

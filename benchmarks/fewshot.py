@@ -21,7 +21,9 @@ Data: ../shared/data/sst2 (train.tsv, dev.tsv) and ../shared/data/banking77 (tra
     .venv/bin/python benchmarks/fewshot.py                       (the full grid: long)
     .venv/bin/python benchmarks/fewshot.py --seeds 1 --sizes 8 --test-rows 200 --out /tmp/fewshot.json   (quick)
 
-Writes benchmarks/results/fewshot.json: {dataset: {n: {side: {acc_mean, acc_std, train_s, accs}}}}.
+Writes benchmarks/results/fewshot.json: {dataset: {n: {side: {acc_mean, acc_std, train_s, accs, run}}}}, run saying
+which invocation measured that side (command, date, seeds, pairs, versions). A run replaces the cells it measures
+and keeps the others, so a grid can be filled in several runs.
 """
 
 from __future__ import annotations
@@ -202,20 +204,18 @@ def main() -> None:
     import torch
     import transformers
 
-    out = {
-        "settings": {
-            "sizes": args.sizes,
-            "seeds": args.seeds,
-            "pairs": args.pairs,
-            "test_rows": args.test_rows,
-            "sides": args.sides,
-            "setfit": setfit.__version__,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+    out = json.loads(args.out.read_text()) if args.out.is_file() else {}  # cells of earlier runs are kept
+    run = {
+        "command": " ".join(["benchmarks/fewshot.py", *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seeds": args.seeds,
+        "pairs": args.pairs,
+        "test_rows": args.test_rows or "all",
+        "setfit": setfit.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
     }
     icl = Icl() if "icl" in args.sides else None
     for dataset in args.datasets:
@@ -224,7 +224,7 @@ def main() -> None:
         if args.test_rows and args.test_rows < len(test):
             keep = np.random.default_rng(0).choice(len(test), args.test_rows, replace=False)
             test = [test[i] for i in sorted(keep)]
-        out[dataset] = {"test_rows": len(test)}
+        out.setdefault(dataset, {})["test_rows"] = len(test)
         test_csv = write_csv(test, Path(tempfile.mkdtemp()) / f"{dataset}-test.csv")
         for n in args.sizes:
             runs: dict[str, list[tuple[float, float]]] = {side: [] for side in args.sides}
@@ -241,11 +241,11 @@ def main() -> None:
                             runs[side].append(tunesmith_side(method, train, test_csv, seed, Path(tmp), args.pairs))
                         acc, secs = runs[side][-1]
                         print(f"{dataset} n={n} seed={seed} {side}: acc {acc:.4f} in {secs:.1f} s", flush=True)
-            cell = {side: summarise(r) for side, r in runs.items()}
+            cell = out[dataset].setdefault(str(n), {})
+            cell.update({side: summarise(r) | {"run": run} for side, r in runs.items()})
             if "tunesmith" in cell and "setfit" in cell:
                 cell["speed_ratio"] = round(cell["setfit"]["train_s"] / cell["tunesmith"]["train_s"], 2)
                 cell["acc_gap"] = round(cell["tunesmith"]["acc_mean"] - cell["setfit"]["acc_mean"], 4)
-            out[dataset][str(n)] = cell
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(out, indent=2) + "\n")  # after every cell: a long run keeps its figures
     print(json.dumps(out, indent=2))

@@ -58,11 +58,12 @@ def read_rows(path: Path, text: str, label: str) -> list[tuple[str, str]]:
 
 
 def sample(rows: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
+    """per_class rows of every label, or all of a label's rows where it has fewer (as SetFit's sample_dataset)."""
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[int]] = {}
     for i, (_, y) in enumerate(rows):
         by_label.setdefault(y, []).append(i)
-    picked = [i for y in sorted(by_label) for i in rng.choice(by_label[y], per_class, replace=False)]
+    picked = [i for y in sorted(by_label) for i in rng.choice(by_label[y], min(per_class, len(by_label[y])), replace=False)]
     return [rows[i] for i in sorted(picked)]
 
 
@@ -242,6 +243,7 @@ def main() -> None:
                         acc, secs = runs[side][-1]
                         print(f"{dataset} n={n} seed={seed} {side}: acc {acc:.4f} in {secs:.1f} s", flush=True)
             cell = out[dataset].setdefault(str(n), {})
+            cell["train_rows"] = len(train)  # below n x classes where a label has fewer than n training rows
             cell.update({side: summarise(r) | {"run": run} for side, r in runs.items()})
             if "tunesmith" in cell and "setfit" in cell:
                 cell["speed_ratio"] = round(cell["setfit"]["train_s"] / cell["tunesmith"]["train_s"], 2)

@@ -64,7 +64,7 @@ def sample(rows: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple
     by_label: dict[str, list[int]] = {}
     for i, (_, y) in enumerate(rows):
         by_label.setdefault(y, []).append(i)
-    picked = [i for y in sorted(by_label) for i in rng.choice(by_label[y], min(per_class, len(by_label[y])), replace=False)]
+    picked = [i for y in sorted(by_label) for i in rng.choice(by_label[y], min(per_class, len(by_label[y])), False)]
     return [rows[i] for i in sorted(picked)]
 
 

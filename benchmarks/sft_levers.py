@@ -6,8 +6,9 @@ AdamW); tokens/s counts non-padding input tokens, peak RSS is the process's high
 Levers (LoRA, batches of 8 dialogues grouped by length, max length 512): fp32 or bf16 autocast; the adapters'
 dropout 0.05 with torch's nn.Dropout (peft's default), with tunesmith's cheaper dropout, or no dropout at all;
 each batch run in parts of at most 2,048 or 1,024 tokens (train.batch_tokens: the same update, less activation
-memory), also with the freed heap handed back to the OS after every step (malloc_trim); and, on the fastest of
-those, the chunked loss at 4M logits (by default it engages past 16M).
+memory), also with the freed heap handed back to the OS after every step (malloc_trim); each LoRA layer as one
+fused autograd step (models/fused_lora.py, the default) or as peft's own modules ("lora": "peft"); and, on the
+fastest of those, the chunked loss at 4M logits (by default it engages past 16M).
 Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
 2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a 2,048-token row is a
 part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate for that config.
@@ -38,6 +39,8 @@ VARIANTS = [
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 2048},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "trim": True},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 2048, "lora": "peft"},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "lora": "peft"},
 ]
 
 
@@ -56,6 +59,8 @@ def job(v: dict) -> dict:
 
     if v.get("dropout") == "torch":
         build.cheaper_dropout = lambda model: 0
+    if v.get("lora") == "peft":
+        build.fuse_lora = lambda model: 0
     if v.get("chunked"):
         logprobs.CHUNK_ELEMENTS = 4 * 2**20
     model_dir = zoo.resolve("smollm2-135m-instruct")

@@ -10,6 +10,7 @@ import torch
 from tunesmith.config import LoraConfig, TrainConfig
 from tunesmith.models import zoo
 from tunesmith.models.dropout import cheaper_dropout
+from tunesmith.models.fused_lora import fuse_lora
 
 HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler")  # parameter-name parts of a fresh head
 
@@ -22,7 +23,8 @@ def set_dropout(config, p: float) -> None:
 
 
 def add_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str) -> torch.nn.Module:
-    """peft's LoRA on the named modules (or all linear layers); task_type is peft's: SEQ_CLS or CAUSAL_LM."""
+    """peft's LoRA on the named modules (or all linear layers), each layer's step fused (models/fused_lora.py);
+    task_type is peft's: SEQ_CLS or CAUSAL_LM."""
     from peft import LoraConfig as PeftLora
     from peft import TaskType, get_peft_model
 
@@ -34,7 +36,9 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str) -> torch.
         lora_dropout=lora.dropout,
         target_modules=lora.targets,
     )
-    return get_peft_model(model, peft_cfg)
+    model = get_peft_model(model, peft_cfg)
+    fuse_lora(model)
+    return model
 
 
 def build_classifier(

@@ -15,12 +15,17 @@ import torch.nn.functional as F
 LANES = 4  # 16-bit draws per 64-bit one
 
 
+def drop_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """True where an element is dropped, each with probability p (to within 1/65,536), four per 64-bit draw."""
+    n = shape.numel()
+    bits = torch.empty(-(-n // LANES), dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+    return bits.view(torch.int16)[:n].view(shape) < round(p * 65536) - 32768
+
+
 class _Drop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        n = x.numel()
-        bits = torch.empty(-(-n // LANES), dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
-        drop = bits.view(torch.int16)[:n].view(x.shape) < round(p * 65536) - 32768
+        drop = drop_mask(x.shape, p, x.device)
         ctx.save_for_backward(drop)
         ctx.scale = 1.0 / (1.0 - p)
         return x.masked_fill(drop, 0).mul_(ctx.scale)

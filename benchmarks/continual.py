@@ -34,10 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tunesmith.config import ContinualConfig
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "continual.json"
 STRATEGIES = ("naive", "replay", "ewc", "l2")
-REPLAY_RATIO = 1.0  # tunesmith's default continual.replay_ratio
+REPLAY_RATIO = ContinualConfig.model_fields["replay_ratio"].default  # the strategy as a user gets it
 WEIGHTS = {"l2": 1.0, "ewc": 1.0}  # EWC's Fisher is scaled to a mean of 1: the same lambda pulls alike on average
 SEED = 13
 # train settings beside minilm-l6's defaults: Banking77's 77 intents take examples/banking77.yaml's recipe (a fresh

@@ -77,8 +77,10 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         and self.lora_A[name].bias is None
         and self.lora_B[name].bias is None
     )
-    a, b = (self.lora_A[name].weight, self.lora_B[name].weight) if fused else (None, None)
-    if not fused or any(hasattr(w, "ds_id") for w in (base.weight, a, b)):  # ZeRO-3 gathers per module: peft's
+    if fused:
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        fused = not any(hasattr(w, "ds_id") for w in (base.weight, a, b))  # ZeRO-3 gathers per module: peft's
+    if not fused:
         return type(self).forward(self, x, *args, **kwargs)
     drop = self.lora_dropout[name]
     p = drop.p if self.training and isinstance(drop, torch.nn.Dropout) else 0.0

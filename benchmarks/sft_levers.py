@@ -8,7 +8,9 @@ dropout 0.05 with torch's nn.Dropout (peft's default), with tunesmith's cheaper 
 each batch run in parts of at most 2,048 or 1,024 tokens (train.batch_tokens: the same update, less activation
 memory), also with the freed heap handed back to the OS after every step (malloc_trim); each LoRA layer as one
 fused autograd step (models/fused_lora.py, the default) or as peft's own modules ("lora": "peft"); and, on the
-fastest of those, the chunked loss at 4M logits (by default it engages past 16M).
+fastest of those, the chunked loss at 4M logits (by default it engages past 16M); each part padded to a multiple of
+64 tokens (shape buckets: fewer distinct shapes for oneDNN's kernel cache), also with one inter-op thread; and
+attention by length (models/attention.py: plain matmuls up to 256 tokens, SDPA beyond).
 Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
 2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a 2,048-token row is a
 part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate for that config.
@@ -41,11 +43,29 @@ VARIANTS = [
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "trim": True},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 2048, "lora": "peft"},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "lora": "peft"},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "bucket": 64},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "bucket": 64, "interop_threads": 1},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "attention": "by_length"},
 ]
+
+
+def bucketed(batch: dict, multiple: int, pad_id: int) -> dict:
+    """The part right-padded to a multiple of `multiple` tokens: fewer distinct shapes for oneDNN to build kernels
+    for, at the cost of computing the padding."""
+    import torch.nn.functional as F
+
+    from tunesmith.lm.tokens import IGNORE
+
+    extra = -batch["input_ids"].shape[1] % multiple
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+    return batch | {k: F.pad(batch[k], (0, extra), value=fill[k]) for k in fill}
 
 
 def job(v: dict) -> dict:
     import torch
+
+    if v.get("interop_threads"):
+        torch.set_num_interop_threads(v["interop_threads"])
     from transformers import AutoTokenizer
 
     import tunesmith.models.build as build
@@ -76,6 +96,10 @@ def job(v: dict) -> dict:
         lora = LoraConfig(r=16, alpha=32, dropout=0.0 if v.get("dropout") == "none" else 0.05, targets="all-linear")
     torch.manual_seed(13)
     model = build.build_causal_lm(model_dir, lora=lora).train()
+    if v.get("attention") == "by_length":
+        from tunesmith.models.attention import use_length_dispatch
+
+        use_length_dispatch(model)
     optimizer = build_optimizer(model, lr=2e-4 if lora else 2e-5, weight_decay=0.0)
     plan = order_batches(data.lengths, batch_size, 13, True)[: v["steps"] + 2]
     if len(plan) < v["steps"] + 2:
@@ -85,6 +109,8 @@ def job(v: dict) -> dict:
         if step == 2:
             start, done = time.perf_counter(), 0
         parts = [data.collate(p) for p in split_by_tokens(idx, data.lengths, v.get("batch_tokens") or 10**9)]
+        if v.get("bucket"):  # unpacked rows only
+            parts = [bucketed(b, v["bucket"], data.pad_id) for b in parts]
         n, step_loss = sum(b["n"] for b in parts), 0.0
         for batch in parts:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v["precision"] == "bf16"):

@@ -101,6 +101,7 @@ def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist
         if resume is None:  # every stage's data is read and checked before anything trains
             (run_dir / "config.yaml").write_text(cfg_text)
             _prepare_run(cfg, run_dir, on_data)
+            _apply_recipe(cfg, method, run_dir)
             for i, stage in enumerate(staged):
                 folder = stages.stage_dir(run_dir, i, stage)
                 folder.mkdir(parents=True)
@@ -116,6 +117,8 @@ def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist
         report = _fit_run(cfg, run_dir, last, quiet)
         if staged:
             report["stages"] = stages.reports(run_dir, staged)
+        if (run_dir / "recipe.json").is_file():
+            report["recipe"] = json.loads((run_dir / "recipe.json").read_text())
         write_json(run_dir / "eval.json", report)
     except BaseException as err:
         message = (
@@ -180,6 +183,28 @@ def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], 
     if on_data is not None:
         on_data(report, run_dir / "data")
     preflight.check_data(cfg, methods.get(cfg.method), report, run_dir / "data")
+
+
+def _apply_recipe(cfg: RunConfig, method: methods.Method, run_dir: Path) -> None:
+    """The method's data-dependent defaults, for the keys the config leaves unset; config.yaml then holds them (so
+    a resumed run trains the same way), recipe.json says what was chosen, and the memory check runs again."""
+    if method.recipe is None:
+        return
+    report = json.loads((run_dir / "data" / "data_report.json").read_text())
+    chosen = {key: value for key, value in method.recipe(cfg, report).items() if not _is_set(cfg, key)}
+    if not chosen:
+        return
+    for key, value in chosen.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    preflight.check_model(cfg, zoo.resolve(cfg.model))
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    write_json(run_dir / "recipe.json", chosen)
+
+
+def _is_set(cfg: RunConfig, key: str) -> bool:
+    section, name = key.split(".")
+    return name in getattr(cfg, section).model_fields_set
 
 
 def _fit_run(cfg: RunConfig, run_dir: Path, after: Path | None, quiet: bool) -> dict:

@@ -35,6 +35,9 @@ class Method:
     panels: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the before/after figure: (title, score keys) per panel
     curve: tuple[str, ...] = ()  # logged scores drawn beside the loss curve: the first found, validation first
     evaluate: Callable[..., dict] | None = None  # evaluate(run_dir, data, **options): score another file
+    # recipe(cfg, data_report) -> {"train.key": value}: defaults that depend on the prepared data, for the keys the
+    # config leaves unset; applied once, before training, and written into the run's config.yaml
+    recipe: Callable[..., dict] | None = None
 
 
 @functools.cache

@@ -30,6 +30,25 @@ from tunesmith.models.saved import CLASSIFIER, load_classifier, save_model
 from tunesmith.train.batches import order_batches, splitter
 from tunesmith.train.loop import Batch, Task, fit
 
+LARGE_TRAIN = 32_000  # training rows: 1,000 steps of 32 an epoch
+
+
+def recipe(cfg: RunConfig, data: dict) -> dict:
+    """The default recipe by the size of the prepared training split (the keys a config sets are kept; see
+    README "Classifier recipe" for what each part gave).
+
+    - No dropout: the model's own (0.1 for BERT-like encoders) is regularisation that a fine-tune of a few epochs
+      does not need, and on a CPU torch's dropout draws a float per element: minilm-l6, batches of 32 SST-2 rows,
+      bf16 on 2 cores of an AMX Xeon, 240 examples/s with it and 293 without.
+    - Large sets (>= LARGE_TRAIN rows): one epoch of batches of 128 at twice the learning rate. A step's fixed
+      cost (the optimiser over every weight, clipping) is then shared by 4x the rows: 422 examples/s against 293
+      (run in parts of train.batch_tokens, so activation memory stays that of about 32 rows).
+    """
+    out: dict = {"train.dropout": 0.0}
+    if data.get("rows", {}).get("train", 0) >= LARGE_TRAIN:
+        out |= {"train.batch_size": 128, "train.lr": 2 * cfg.train.lr, "train.epochs": 1.0}
+    return out
+
 
 def make_task(model: torch.nn.Module, train: Encoded, val: Encoded | None, cfg: RunConfig) -> Task:
     t = cfg.train
@@ -269,5 +288,6 @@ METHODS = (
         curve=("accuracy", "macro_f1"),
         figures=("confusion", "reliability"),
         evaluate=evaluate,
+        recipe=recipe,
     ),
 )

@@ -9,6 +9,7 @@ import torch
 
 from tunesmith.config import LoraConfig, TrainConfig
 from tunesmith.models import zoo
+from tunesmith.models.attention import use_length_dispatch
 from tunesmith.models.dropout import cheaper_dropout
 from tunesmith.models.fused_lora import fuse_lora
 
@@ -74,6 +75,7 @@ def build_classifier(
                     param[: old.shape[0]].copy_(old)
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         model.config.pad_token_id = model.config.eos_token_id
+    use_length_dispatch(model)  # short rows: 2.5x faster attention on a CPU (models/attention.py)
     return add_lora(model, lora, "SEQ_CLS") if lora else model
 
 

@@ -1,0 +1,38 @@
+"""The length-dispatched attention equals transformers' SDPA on both of its paths."""
+
+import pytest
+import torch
+
+from tunesmith.models import attention
+from tunesmith.models.build import build_classifier
+
+
+def outputs(model, ids, mask):
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    logits.sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("eager_up_to", [64, 4])  # rows of 20 tokens: the plain path, then SDPA's
+def test_it_gives_sdpas_logits_and_gradients(tiny_model, monkeypatch, eager_up_to):
+    monkeypatch.setattr(attention, "EAGER_UP_TO", eager_up_to)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (6, 20))
+    mask = torch.ones(6, 20, dtype=torch.long)
+    mask[3:, 12:] = 0  # padded rows: the mask matters
+    model = build_classifier(tiny_model, ["a", "b"], dropout=0.0).train()
+    assert model.config._attn_implementation == attention.NAME
+    ours = outputs(model, ids, mask)
+    model.set_attn_implementation("sdpa")
+    theirs = outputs(model, ids, mask)
+    assert torch.allclose(ours[0], theirs[0], atol=1e-5)
+    assert ours[1].keys() == theirs[1].keys()
+    assert all(torch.allclose(ours[1][n], theirs[1][n], atol=1e-5) for n in ours[1])
+
+
+def test_a_model_that_does_not_run_sdpa_is_left_alone(tiny_model):
+    model = build_classifier(tiny_model, ["a", "b"])
+    model.set_attn_implementation("eager")
+    attention.use_length_dispatch(model)
+    assert model.config._attn_implementation == "eager"

@@ -36,3 +36,19 @@ def test_a_model_that_does_not_run_sdpa_is_left_alone(tiny_model):
     model.set_attn_implementation("eager")
     attention.use_length_dispatch(model)
     assert model.config._attn_implementation == "eager"
+
+
+def test_a_compiled_or_exported_model_takes_sdpa_whatever_the_length(tiny_model, monkeypatch):
+    """torch.export (the ONNX export) must not branch on a dynamic length."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    calls = []
+    real = sdpa.sdpa_attention_forward
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = build_classifier(tiny_model, ["a", "b"]).eval()
+    ids = torch.randint(5, 200, (2, 10))
+    model(input_ids=ids)
+    assert not calls  # short rows on a CPU: the plain path
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    model(input_ids=ids)
+    assert len(calls) == model.config.num_hidden_layers

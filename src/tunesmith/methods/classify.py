@@ -39,10 +39,10 @@ def recipe(cfg: RunConfig, data: dict) -> dict:
 
     - No dropout: the model's own (0.1 for BERT-like encoders) is regularisation that a fine-tune of a few epochs
       does not need, and on a CPU torch's dropout draws a float per element: minilm-l6, batches of 32 SST-2 rows,
-      bf16 on 2 cores of an AMX Xeon, 240 examples/s with it and 293 without.
+      bf16 on 2 cores of an AMX Xeon, 298 examples/s with it and 326 without (benchmarks/classify_levers.py).
     - Large sets (>= LARGE_TRAIN rows): one epoch of batches of 128 at twice the learning rate. A step's fixed
-      cost (the optimiser over every weight, clipping) is then shared by 4x the rows: 422 examples/s against 293
-      (run in parts of train.batch_tokens, so activation memory stays that of about 32 rows).
+      cost (the optimiser over every weight, clipping) is then shared by 4x the rows: 359 examples/s against 326
+      (in parts of train.batch_tokens, 1,024 tokens on a CPU; whole batches ran 584, at 2,256 against 1,593 MB).
     """
     out: dict = {"train.dropout": 0.0}
     if data.get("rows", {}).get("train", 0) >= LARGE_TRAIN:

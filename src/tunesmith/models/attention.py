@@ -1,7 +1,8 @@
 """Attention that picks its kernel by sequence length on a CPU. torch's fused CPU kernel (SDPA, transformers'
 default) works in blocks and pays for them on short rows: minilm-l6, bf16 autocast, one forward and backward on 2
-cores of an AMX Xeon took 551 ms at 128 rows of 24 tokens against 224 ms written out as plain matmuls and a
-softmax, and 629 vs 399 ms at 32 x 128; at 8 x 512 the fused kernel wins, 647 vs 1,512 ms. So rows of up to
+cores of an AMX Xeon took 552 ms at 128 rows of 24 tokens against 230 ms written out as plain matmuls and a
+softmax, and 645 vs 406 ms at 32 x 128; at 8 x 512 the fused kernel wins, 640 vs 1,648 ms
+(benchmarks/attention_cpu.py; this dispatch: 249, 362 and 633 ms). So rows of up to
 EAGER_UP_TO tokens take the plain path, longer ones, every GPU tensor and a compiled or exported model the fused
 one; the result is the same.
 """

@@ -100,8 +100,7 @@ def _train(config, overrides, resume, continue_from, quiet, on_data, world: dist
             raise TunesmithError("stages: a run in stages trains in one process; run it without --nproc")
         if resume is None:  # every stage's data is read and checked before anything trains
             (run_dir / "config.yaml").write_text(cfg_text)
-            _prepare_run(cfg, run_dir, on_data)
-            _apply_recipe(cfg, method, run_dir)
+            _apply_recipe(cfg, method, run_dir, _prepare_run(cfg, run_dir, on_data))
             for i, stage in enumerate(staged):
                 folder = stages.stage_dir(run_dir, i, stage)
                 folder.mkdir(parents=True)
@@ -173,8 +172,9 @@ def _one_line(err: Exception, world: dist.World) -> TunesmithError:
     return TunesmithError(f"process {world.rank} of {world.size} stopped: {type(err).__name__}: {err}")
 
 
-def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], None] | None) -> None:
-    """The model is checked, the data read, cleaned, split and checked against the method: before any training."""
+def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], None] | None) -> dict:
+    """The model is checked, the data read, cleaned, split and checked against the method: before any training.
+    Returns the data report (data_report.json)."""
     preflight.check_model(cfg, zoo.resolve(cfg.model))  # before reading data
     report = prepare(cfg.data, cfg.train.seed, run_dir / "data", tokenizer=_tokenizer_of(cfg))
     if not cfg.eval.test and (run_dir / "data" / "test.parquet").is_file():  # set aside unread (tune's trials)
@@ -183,21 +183,22 @@ def _prepare_run(cfg: RunConfig, run_dir: Path, on_data: Callable[[dict, Path], 
     if on_data is not None:
         on_data(report, run_dir / "data")
     preflight.check_data(cfg, methods.get(cfg.method), report, run_dir / "data")
+    return report
 
 
-def _apply_recipe(cfg: RunConfig, method: methods.Method, run_dir: Path) -> None:
-    """The method's data-dependent defaults, for the keys the config leaves unset; config.yaml then holds them (so
-    a resumed run trains the same way), recipe.json says what was chosen, and the memory check runs again."""
+def _apply_recipe(cfg: RunConfig, method: methods.Method, run_dir: Path, report: dict) -> None:
+    """The method's defaults that depend on the prepared data (`report`: data_report.json), for the keys the config
+    leaves unset; config.yaml then holds them (so a resumed run trains the same way), recipe.json says what was
+    chosen, and the memory check runs again."""
     if method.recipe is None:
         return
-    report = json.loads((run_dir / "data" / "data_report.json").read_text())
     chosen = {key: value for key, value in method.recipe(cfg, report).items() if not _is_set(cfg, key)}
     if not chosen:
         return
     for key, value in chosen.items():
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, value)
-    preflight.check_model(cfg, zoo.resolve(cfg.model))
+    preflight.check_memory(cfg, zoo.resolve(cfg.model))
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     write_json(run_dir / "recipe.json", chosen)
 

@@ -37,6 +37,13 @@ def check_model(cfg: RunConfig, model_dir: Path) -> None:
     footprint.check_fits(cfg, config)
 
 
+def check_memory(cfg: RunConfig, model_dir: Path) -> None:
+    """The peak memory of the config within the machine's, alone: for settings chosen after check_model ran."""
+    from transformers import AutoConfig
+
+    footprint.check_fits(cfg, AutoConfig.from_pretrained(model_dir))
+
+
 def check_data(cfg: RunConfig, method: Method, report: dict, data_dir: Path) -> None:
     """The data fits the method, and leaves a test split to score tuned against untuned (and a validation split
     where early stopping needs one)."""

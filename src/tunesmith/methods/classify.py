@@ -34,8 +34,8 @@ LARGE_TRAIN = 32_000  # training rows: 1,000 steps of 32 an epoch
 
 
 def recipe(cfg: RunConfig, data: dict) -> dict:
-    """The default recipe by the size of the prepared training split (the keys a config sets are kept; see
-    README "Classifier recipe" for what each part gave).
+    """The default recipe by the size of the prepared training split (the keys a config sets are kept; README
+    "Measured", time to accuracy, says what each part gave).
 
     - No dropout: the model's own (0.1 for BERT-like encoders) is regularisation that a fine-tune of a few epochs
       does not need, and on a CPU torch's dropout draws a float per element: minilm-l6, batches of 32 SST-2 rows,

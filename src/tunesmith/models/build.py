@@ -75,7 +75,7 @@ def build_classifier(
                     param[: old.shape[0]].copy_(old)
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         model.config.pad_token_id = model.config.eos_token_id
-    use_length_dispatch(model)  # short rows: 2.5x faster attention on a CPU (models/attention.py)
+    use_length_dispatch(model)  # short rows on a CPU: a 2.2x faster step at 128 x 24 tokens (models/attention.py)
     return add_lora(model, lora, "SEQ_CLS") if lora else model
 
 

@@ -48,6 +48,17 @@ def test_splits_and_test_overlap_removed_from_train(tmp_path):
     assert again.splits["train"].texts == [r["text"] for r in rows["train"]]
 
 
+def test_val_split_capped_at_val_max_rows(tmp_path):
+    train = tmp_path / "t.csv"
+    train.write_text("text,label\n" + "".join(f"row number {i} of many,{'x' if i % 4 else 'y'}\n" for i in range(200)))
+    report, _ = run(tmp_path, train=str(train), val_fraction=0.2, test_fraction=0.1, val_max_rows=20)
+    assert report["rows"] == {"train": 160, "val": 20, "test": 20}  # test keeps its 10%; val 20 rows, not 36
+    assert report["labels"]["val"] == {"x": 15, "y": 5}  # still stratified
+    assert "20 rows (data.val_max_rows) instead of 20%" in report["val_from"]
+    report, _ = run(tmp_path, train=str(train), val_fraction=0.2, test_fraction=0.1, val_max_rows=None)
+    assert report["rows"]["val"] == 36
+
+
 def test_near_duplicates_within_and_across_splits(tmp_path):
     base = "the service at this branch was quick and the staff explained every fee clearly"
     test, train = tmp_path / "test.jsonl", tmp_path / "train.jsonl"

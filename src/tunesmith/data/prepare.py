@@ -440,10 +440,18 @@ class Preparer:
             )
         for name, code, fraction, offset in (("test", 2, cfg.test_fraction, 1), ("val", 1, cfg.val_fraction, 2)):
             if name not in given and fraction > 0:
-                taken = carve(assign == 0, fraction, self.seed + offset, labels, groups)
+                pool = assign == 0
+                capped = name == "val" and cfg.val_max_rows and fraction * pool.sum() > cfg.val_max_rows
+                taken = carve(pool, cfg.val_max_rows / pool.sum() if capped else fraction, self.seed + offset,
+                              labels, groups)  # fmt: skip
                 assign[taken] = code
                 how = "stratified " if labels is not None else "by document, " if groups is not None else ""
-                report[f"{name}_from"] = f"seeded {how}{fraction:.0%} of train (seed {self.seed + offset})"
+                share = (
+                    f"{len(taken):,} rows (data.val_max_rows) instead of {fraction:.0%}"
+                    if capped
+                    else f"{fraction:.0%}"
+                )
+                report[f"{name}_from"] = f"seeded {how}{share} of train (seed {self.seed + offset})"
         return assign
 
     def _write_splits(self, pools: dict[str, Path], assign: np.ndarray, out: Path) -> dict:

@@ -159,8 +159,9 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_length: int = Field(128, gt=1)
     dropout: float | None = Field(None, ge=0.0, lt=1.0)  # overrides the model's dropout
-    # The input token embeddings stay as pretrained: less memory and time (a third of minilm's weights), at some
-    # cost in accuracy (SST-2: 0.9002 -> 0.8945). Often tied to the output layer of a causal LM, which then freezes too.
+    # The input token embeddings stay as pretrained: less memory and time (half of minilm's weights); classify's
+    # recipe for large sets turns it on (methods/classify.py). Often tied to a causal LM's output layer, which then
+    # freezes too.
     freeze_embeddings: bool = False
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -12,8 +12,9 @@ must reach HF Trainer's mean dev accuracy (within 0.002) in at most 1/1.5 of its
   Every probe's throughput is recorded. Its seconds are Trainer's train_runtime.
 - tunesmith runs its own defaults: only the model, the data files and the seed are given, and deduplication is
   off so that it reads the very rows HF Trainer reads (SST-2's train set repeats many phrases); its default
-  validation split (10%, at most data.val_max_rows: 2,000) comes out of those rows. Its seconds are the training loop's plus its validations'
-  (which a recipe that stops early needs), so nothing it does to train goes uncounted.
+  validation split (10%, at most data.val_max_rows: 2,000) comes out of those rows. Its seconds are the training
+  loop's plus its validations' (which a recipe that stops early needs), so nothing it does to train goes
+  uncounted.
 
 Each run is a child process (this script re-invoked with --side), so that a side's peak RSS is its own:
 the parent reads it from os.wait4. The parent imports neither torch nor transformers, because a child

@@ -1,6 +1,6 @@
 import torch
 
-from tunesmith.models.dropout import Dropout, cheaper_dropout
+from tunesmith.models.dropout import Dropout, cheaper_dropout, keep_mask
 
 
 def test_it_drops_at_the_rate_asked_and_scales_what_it_keeps():
@@ -32,3 +32,15 @@ def test_in_eval_it_is_the_identity_and_models_get_it_everywhere(tiny_model):
     before = sum(type(m) is torch.nn.Dropout for m in model.modules())
     assert before > 0 and cheaper_dropout(model) == before
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+
+
+def test_masks_follow_torchs_seed():
+    """Each mask's generator is seeded from torch's: torch.manual_seed (and a resumed RNG state) repeat it."""
+    torch.manual_seed(3)
+    first, second = (
+        keep_mask(torch.Size([64, 64]), 0.3, torch.device("cpu")),
+        keep_mask(torch.Size([64, 64]), 0.3, torch.device("cpu")),
+    )
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask(torch.Size([64, 64]), 0.3, torch.device("cpu")), first)
+    assert not torch.equal(first, second)

@@ -16,7 +16,7 @@ class FixedDrop(torch.nn.Dropout):
         self.masks = masks
 
     def forward(self, x):
-        return x.masked_fill(self.masks.pop(0).view(x.shape), 0) / (1 - self.p)
+        return x * self.masks.pop(0).view(x.shape) / (1 - self.p)
 
 
 def lora_pair(tiny_lm, dropout: float):
@@ -50,13 +50,13 @@ def test_the_fused_layer_computes_what_peft_computes(tiny_lm, monkeypatch, dropo
     peft_model, ours = lora_pair(tiny_lm, dropout)
     ids = torch.randint(0, 300, (2, 12))
     masks: list = []
-    real = fused_lora.drop_mask
+    real = fused_lora.keep_mask
 
     def recorded(shape, p, device):
         masks.append(real(shape, p, device))
         return masks[-1]
 
-    monkeypatch.setattr(fused_lora, "drop_mask", recorded)
+    monkeypatch.setattr(fused_lora, "keep_mask", recorded)
     loss, grads = losses_and_grads(ours, ids, False)
     assert len(grads) == 2 * 7 * 2  # A and B of every adapter, nothing of the frozen base
     if dropout:

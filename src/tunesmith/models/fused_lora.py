@@ -4,8 +4,9 @@ peft runs a LoRA layer as five autograd nodes (the base linear, the adapters' dr
 and an add. Under bf16 autocast each adapter casts its input again and keeps its own dropped, cast copy of it for
 A's gradient, and the scaling and the add are passes over the whole output. Here the layer keeps the input it was
 given (q, k and v get the same tensor, so they keep one copy between them, in the dtype it came in), a bool
-dropout mask and the small rank-r product; the scaled update is added into the base output in place, and the
-backward returns A's, B's and the input's gradients from those. The frozen base weight gets no gradient.
+dropout mask (applied as a multiply; dropout's 1/(1-p) goes on the small rank-r product, not on the whole input)
+and that rank-r product; the scaled update is added into the base output in place, and the backward returns A's,
+B's and the input's gradients from those. The frozen base weight gets no gradient.
 
 The same arithmetic as peft's (a test compares outputs and gradients); it runs only where that holds: one active
 adapter, plain LoRA (no DoRA or other variant), a frozen base nn.Linear, nothing sharded away from the layer
@@ -18,7 +19,7 @@ import types
 
 import torch
 
-from tunesmith.models.dropout import drop_mask
+from tunesmith.models.dropout import keep_mask, kept
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -33,32 +34,30 @@ class _LoraLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1])
             xc, w = x2.to(dtype), weight.to(dtype)
-            drop = drop_mask(xc.shape, p, xc.device) if p > 0 else None
-            xd = xc.masked_fill(drop, 0).mul_(1 / (1 - p)) if drop is not None else xc
-            xa = xd @ a.to(dtype).T
+            keep = keep_mask(xc.shape, p, xc.device) if p > 0 else None
+            xa = (xc if keep is None else xc * kept(keep, dtype)) @ a.to(dtype).T
             out = xc @ w.T if bias is None else torch.addmm(bias.to(dtype), xc, w.T)
+            scale = scale / (1 - p)  # dropout's 1/(1-p) on the rank-r product, not on the whole input
             out.addmm_(xa, b.to(dtype).T, alpha=scale)
-        ctx.save_for_backward(x, w, a, b, xa, drop)
-        ctx.scale, ctx.inv, ctx.dtype, ctx.has_bias = scale, 1 / (1 - p), dtype, bias is not None
+        ctx.save_for_backward(x, w, a, b, xa, keep)
+        ctx.scale, ctx.dtype, ctx.has_bias = scale, dtype, bias is not None
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, w, a, b, xa, drop = ctx.saved_tensors
+        x, w, a, b, xa, keep = ctx.saved_tensors
         dtype, scale = ctx.dtype, ctx.scale
         with torch.autocast(grad.device.type, enabled=False):
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-            xc = x.reshape(-1, x.shape[-1]).to(dtype)
+            xd = x.reshape(-1, x.shape[-1]).to(dtype)
             g_xa = (g @ b.to(dtype)).mul_(scale)  # the gradient of A's output
             grad_b = scale * (g.T @ xa)
             g_xd = g_xa @ a.to(dtype)  # of the dropped input
-            if drop is None:
-                grad_a = g_xa.T @ xc
-                grad_x = torch.addmm(g_xd, g, w)
-            else:
-                g_xd.masked_fill_(drop, 0).mul_(ctx.inv)
-                grad_a = g_xa.T @ xc.masked_fill(drop, 0).mul_(ctx.inv)
-                grad_x = g_xd.addmm_(g, w)
+            if keep is not None:
+                k = kept(keep, dtype)
+                xd, g_xd = xd * k, g_xd.mul_(k)
+            grad_a = g_xa.T @ xd
+            grad_x = g_xd.addmm_(g, w)
         grad_bias = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x.view(x.shape).to(x.dtype), None, grad_bias, grad_a.to(a.dtype), grad_b.to(b.dtype), None, None
 

@@ -18,7 +18,7 @@ import torch
 from tunesmith import faults
 from tunesmith.config import TrainConfig
 from tunesmith.errors import TunesmithError
-from tunesmith.train import dist, zero
+from tunesmith.train import dist, frozen, zero
 from tunesmith.train.batches import token_budget
 from tunesmith.train.checkpoint import (
     list_checkpoints,
@@ -30,7 +30,7 @@ from tunesmith.train.checkpoint import (
 from tunesmith.train.log import MetricsLog
 from tunesmith.train.memory import map_big_blocks, release_freed_memory
 from tunesmith.train.optim import build_optimizer, lr_at, warmup_steps
-from tunesmith.train.precision import autocast, pick_device, pick_precision
+from tunesmith.train.precision import autocast, compute_dtype, pick_device, pick_precision
 from tunesmith.train.progress import Progress
 from tunesmith.train.state import FitResult, LoopState
 
@@ -102,6 +102,10 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     if task.setup:
         task.setup(device)
     dist.same_start(model, world)
+    # LoRA's frozen weights in bf16/fp16 (train/frozen.py); not where an engine shards them or where the model also
+    # generates (RL), which runs outside autocast and would cast them back at every token
+    held = precision != "fp32" and not sharded and not task.samples_from_model
+    restore = frozen.hold(model, compute_dtype(precision), run_dir if world.main else None) if held else None
     net = model  # what trains
     if strategy == "fsdp":
         net = dist.shard(model, world, device, cfg.distributed.fsdp_layers)
@@ -240,6 +244,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
         elif strategy == "deepspeed":
             zero.gather_into(model, net, world.main, device)
     finally:
+        if restore:
+            restore()
         progress.close()
         if log:
             log.close()

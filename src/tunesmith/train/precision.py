@@ -108,9 +108,12 @@ def pick_precision(requested: str, device: torch.device) -> tuple[str, str]:
     return requested, "requested"
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def autocast(device: torch.device, precision: str):
     """bf16/fp16 autocast with fp32 master weights, or nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=compute_dtype(precision))

@@ -52,3 +52,26 @@ def test_a_compiled_or_exported_model_takes_sdpa_whatever_the_length(tiny_model,
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     model(input_ids=ids)
     assert len(calls) == model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("causal_up_to", [64, 4])
+def test_causal_lms_get_it_too_with_the_same_logits_and_gradients(tiny_lm, monkeypatch, causal_up_to):
+    from tunesmith.models.build import build_causal_lm
+
+    monkeypatch.setattr(attention, "CAUSAL_UP_TO", causal_up_to)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 300, (4, 16))
+    mask = torch.ones(4, 16, dtype=torch.long)
+    mask[2:, 10:] = 0
+    model = build_causal_lm(tiny_lm, dropout=0.0).train()
+    assert model.config._attn_implementation == attention.NAME
+    from tunesmith.lm.tokens import block_causal_mask
+
+    packed = block_causal_mask(torch.tensor([list(range(6)) + list(range(10))] * 4))  # two examples a row, additive
+    for m in (mask, None, packed):  # padded rows, rows without padding (SDPA's is_causal), packed rows
+        ours = outputs(model, ids, m)
+        model.set_attn_implementation("sdpa")
+        theirs = outputs(model, ids, m)
+        model.set_attn_implementation(attention.NAME)
+        assert torch.allclose(ours[0], theirs[0], atol=1e-5)
+        assert all(torch.allclose(ours[1][n], theirs[1][n], atol=1e-5) for n in ours[1])

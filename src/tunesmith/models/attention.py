@@ -4,7 +4,10 @@ cores of an AMX Xeon took 552 ms at 128 rows of 24 tokens against 230 ms written
 softmax, and 645 vs 406 ms at 32 x 128; at 8 x 512 the fused kernel wins, 640 vs 1,648 ms
 (benchmarks/attention_cpu.py; this dispatch: 249, 362 and 633 ms). So rows of up to
 EAGER_UP_TO tokens take the plain path, longer ones, every GPU tensor and a compiled or exported model the fused
-one; the result is the same.
+one; the result is the same. Causal attention's fused backward is slower still: a smollm2-135m LoRA step (batches
+of 8 DialogSum rows of up to 508 tokens, in parts of 1,024 tokens, bf16) ran 630-638 tokens/s with rows of up to
+512 tokens on the plain path against 606 with SDPA throughout, and 603 with the encoders' 256; so causal rows go
+up to CAUSAL_UP_TO.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 NAME = "tunesmith_cpu"
 EAGER_UP_TO = 256  # tokens; between the 128 and 512 measured above
+CAUSAL_UP_TO = 512  # tokens: causal attention (longer rows would keep T x T probabilities per layer)
 
 
 def attention(
@@ -26,23 +30,27 @@ def attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: (batch, heads, length, head_dim) in; (batch, length, heads, head_dim)
-    out. The mask comes as SDPA's (boolean, True where attended, or None), since NAME registers SDPA's masks."""
+    out. The mask comes as SDPA's (boolean, True where attended, or None), since NAME registers SDPA's masks, or
+    additive where the caller built its own 4D mask."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     causal = kwargs.get("is_causal", getattr(module, "is_causal", False))
     if (
         torch.compiler.is_compiling()  # compiled or exported (ONNX): first, so no guard on a dynamic length is made
         or query.device.type != "cpu"
-        or key.shape[-2] > EAGER_UP_TO
-        or (causal and attention_mask is None)
+        or key.shape[-2] > (CAUSAL_UP_TO if causal else EAGER_UP_TO)
     ):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
+    if causal and attention_mask is None and query.shape[-2] > 1:  # rows without padding: SDPA's is_causal mask
+        attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:  # an additive mask (a caller's own 4D one), as SDPA takes it
+        scores = scores + attention_mask
     probs = torch.nn.functional.dropout(scores.softmax(-1), p=dropout, training=module.training)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 

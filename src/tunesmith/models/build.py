@@ -89,6 +89,7 @@ def build_causal_lm(
     if dropout is not None:
         set_dropout(config, dropout)
     model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
+    use_length_dispatch(model)  # rows of up to 512 tokens: a 4-5% faster LoRA step (models/attention.py)
     model = add_lora(model, lora, "CAUSAL_LM") if lora else model
     cheaper_dropout(model)  # LoRA's dropout: 146 -> 209 tokens/s on a smollm2-135m step (models/dropout.py)
     return model

@@ -24,8 +24,8 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor
         return torch.rand(shape, device=device) >= p
     n = shape.numel()
     seed = int(torch.randint(2**63 - 1, (1,)))
-    draws = np.random.SFC64(seed).random_raw(-(-n // LANES))
-    return torch.from_numpy(draws.view(np.int16)[:n]).view(shape) >= round(p * 65536) - 32768
+    lanes = np.random.SFC64(seed).random_raw(-(-n // LANES)).view(np.int16)[:n]
+    return torch.from_numpy(lanes >= round(p * 65536) - 32768).view(shape)  # numpy compares 4x faster than torch
 
 
 def kept(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

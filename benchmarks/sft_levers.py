@@ -4,13 +4,16 @@ on the work of sft_speed.py: smollm2-135m-instruct, LoRA r16 alpha 32 on all lin
 Each variant runs in a process of its own: 2 warm-up steps, then `--steps` timed ones (forward, backward, clipping,
 AdamW); tokens/s counts non-padding input tokens, peak RSS is the process's high-water mark.
 Levers (LoRA, batches of 8 dialogues grouped by length, max length 512): fp32 or bf16 autocast; the adapters'
-dropout 0.05 with torch's nn.Dropout (peft's default), with tunesmith's cheaper dropout, or no dropout at all;
+dropout 0.05 with torch's nn.Dropout in peft's own layers (peft's default), with tunesmith's cheaper dropout (inside
+the fused layers), or no dropout at all;
 each batch run in parts of at most 2,048 or 1,024 tokens (train.batch_tokens: the same update, less activation
 memory), also with the freed heap handed back to the OS after every step (malloc_trim); each LoRA layer as one
 fused autograd step (models/fused_lora.py, the default) or as peft's own modules ("lora": "peft"); and, on the
 fastest of those, the chunked loss at 4M logits (by default it engages past 16M); each part padded to a multiple of
-64 tokens (shape buckets: fewer distinct shapes for oneDNN's kernel cache), also with one inter-op thread; and
-attention by length (models/attention.py: plain matmuls up to 256 tokens, SDPA beyond).
+64 tokens (shape buckets: fewer distinct shapes for oneDNN's kernel cache), also with one inter-op thread; SDPA
+throughout instead of attention by length (models/attention.py, the default: plain matmuls for causal rows of up
+to 512 tokens); the frozen base weights fp32 under autocast instead of held in bf16 (train/frozen.py, the default
+under bf16, as the training loop does); and parts of 1,024 tokens without dropout.
 Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
 2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a 2,048-token row is a
 part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate for that config.
@@ -45,7 +48,9 @@ VARIANTS = [
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "lora": "peft"},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "bucket": 64},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "bucket": 64, "interop_threads": 1},
-    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "attention": "by_length"},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "attention": "sdpa"},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "held": False},
+    {"precision": "bf16", "dropout": "none", "batch_tokens": 1024},
 ]
 
 
@@ -77,9 +82,9 @@ def job(v: dict) -> dict:
     from tunesmith.train.memory import release_freed_memory
     from tunesmith.train.optim import build_optimizer
 
-    if v.get("dropout") == "torch":
+    if v.get("dropout") == "torch":  # peft's own layers, whose dropout is nn.Dropout
         build.cheaper_dropout = lambda model: 0
-    if v.get("lora") == "peft":
+    if v.get("lora") == "peft" or v.get("dropout") == "torch":
         build.fuse_lora = lambda model: 0
     if v.get("chunked"):
         logprobs.CHUNK_ELEMENTS = 4 * 2**20
@@ -96,10 +101,12 @@ def job(v: dict) -> dict:
         lora = LoraConfig(r=16, alpha=32, dropout=0.0 if v.get("dropout") == "none" else 0.05, targets="all-linear")
     torch.manual_seed(13)
     model = build.build_causal_lm(model_dir, lora=lora).train()
-    if v.get("attention") == "by_length":
-        from tunesmith.models.attention import use_length_dispatch
+    if v.get("attention") == "sdpa":
+        getattr(model, "get_base_model", lambda: model)().set_attn_implementation("sdpa")
+    if lora and v["precision"] == "bf16" and v.get("held", True):
+        from tunesmith.train import frozen
 
-        use_length_dispatch(model)
+        frozen.hold(model, torch.bfloat16, None)  # as the training loop does; nothing to put back here
     optimizer = build_optimizer(model, lr=2e-4 if lora else 2e-5, weight_decay=0.0)
     plan = order_batches(data.lengths, batch_size, 13, True)[: v["steps"] + 2]
     if len(plan) < v["steps"] + 2:

@@ -18,9 +18,10 @@ def test_the_estimate_grows_with_batch_and_length_and_shrinks_under_lora(tiny_lm
     assert big.activations_mb == pytest.approx(4 * small.activations_mb)
     assert total(max_length=64).activations_mb == pytest.approx(total(max_length=128).activations_mb / 2)
     raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", lora={"r": 4})
-    assert (
-        footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm)).optimizer_mb < small.optimizer_mb
-    )
+    lora = footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm))
+    assert lora.optimizer_mb < small.optimizer_mb and lora.weights_mb == small.weights_mb
+    raw["train"]["precision"] = "bf16"  # the frozen linear weights held in 16 bits (train/frozen.py)
+    assert footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm)).weights_mb < lora.weights_mb
 
 
 def test_a_config_that_cannot_fit_fails_before_training_naming_what_to_lower(tiny_lm, tmp_path, fixtures, monkeypatch):

@@ -1,8 +1,9 @@
 """The peak memory a config will need, known before training starts: a config that cannot fit fails in seconds
 with the settings to lower, not by an out-of-memory kill halfway through an epoch.
 
-An upper-bound model from the model's config (no weights loaded): fp32 weights, gradients and AdamW's two
-moments for what trains, the activations autograd keeps for the longest forward pass (batch_size x max_length
+An upper-bound model from the model's config (no weights loaded): fp32 weights (LoRA's frozen linear weights in 16
+bits where the precision is set to bf16 or fp16; auto may stay fp32), gradients and AdamW's two moments for what
+trains, the activations autograd keeps for the longest forward pass (batch_size x max_length
 tokens, or train.batch_tokens where the method runs a batch in parts; the loop runs the longest batch first),
 the LM head's logits at the target positions, and the runtime (Python, torch, transformers, the tokenizer).
 ACTIVATION_FLOATS was fitted on one config: smollm2-135m, LoRA r16 on all linear layers, bf16 autocast, one
@@ -56,7 +57,9 @@ def _sizes(config) -> dict[str, int]:
     gated = getattr(text, "hidden_act", "gelu") in ("silu", "swiglu") or hasattr(text, "mlp_bias")
     layer = d * (d + 2 * kv) + d * d + (3 if gated else 2) * d * f
     vocab, layers = int(text.vocab_size), int(text.num_hidden_layers)
-    return {"d": d, "f": f, "layers": layers, "vocab": vocab, "params": vocab * d + layers * layer, "heads": heads}
+    linear = layers * layer  # the blocks' linear weights
+    return {"d": d, "f": f, "layers": layers, "vocab": vocab, "params": vocab * d + linear, "linear": linear,
+            "heads": heads}  # fmt: skip
 
 
 def _lora_params(s: dict[str, int], r: int) -> int:
@@ -77,6 +80,7 @@ def estimate(cfg: RunConfig, config) -> Footprint:
     t = cfg.train
     trained = _lora_params(s, cfg.lora.r) if cfg.lora else s["params"]
     low = t.precision != "fp32"  # auto may choose bf16: the upper bound
+    held = cfg.lora is not None and t.precision in ("bf16", "fp16")  # frozen weights in 16 bits: train/frozen.py
     per_float = 4 + (2 if low else 0)  # autocast keeps a 16-bit copy beside most fp32 activations
     tokens = whole = t.batch_size * t.max_length
     budget = token_budget(t.batch_tokens, pick_device(t.device).type)
@@ -89,7 +93,7 @@ def estimate(cfg: RunConfig, config) -> Footprint:
     # the LM head's logits, log-softmax and gradient, for at most every token, in chunks past CHUNK_ELEMENTS
     logits = 3 * min(tokens * s["vocab"], CHUNK_ELEMENTS) * 4 if causal else 0
     return Footprint(
-        weights_mb=s["params"] * 4 / MB,
+        weights_mb=(s["params"] * 4 - (s["linear"] * 2 if held else 0)) / MB,
         optimizer_mb=trained * 12 / MB,
         activations_mb=s["layers"] * tokens * per_token * per_float / MB,
         logits_mb=logits / MB,

@@ -35,7 +35,11 @@ def hold(model: torch.nn.Module, dtype: torch.dtype, folder: Path | None) -> Cal
     if spill is not None:
         from safetensors.torch import save_file
 
-        save_file({str(i): layer.weight.detach().cpu() for i, layer in enumerate(layers)}, spill)
+        try:
+            save_file({str(i): layer.weight.detach().cpu() for i, layer in enumerate(layers)}, spill)
+        except BaseException:  # a full disk: no half-written file left behind
+            spill.unlink(missing_ok=True)
+            raise
     for layer in layers:
         layer.weight.data = layer.weight.data.to(dtype)
         layer.forward = types.MethodType(_held_forward, layer)

@@ -102,10 +102,6 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     if task.setup:
         task.setup(device)
     dist.same_start(model, world)
-    # LoRA's frozen weights in bf16/fp16 (train/frozen.py); not where an engine shards them or where the model also
-    # generates (RL), which runs outside autocast and would cast them back at every token
-    held = precision != "fp32" and not sharded and not task.samples_from_model
-    restore = frozen.hold(model, compute_dtype(precision), run_dir if world.main else None) if held else None
     net = model  # what trains
     if strategy == "fsdp":
         net = dist.shard(model, world, device, cfg.distributed.fsdp_layers)
@@ -160,6 +156,10 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     progress = Progress(total, quiet=quiet or not world.main, start=state.step)
     net.train()
     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
+    # LoRA's frozen weights in bf16/fp16 (train/frozen.py), just before the try whose finally puts them back; not where
+    # an engine shards them or where the model also generates (RL), outside autocast, casting them back at every token
+    held = precision != "fp32" and not sharded and not task.samples_from_model
+    restore = frozen.hold(model, compute_dtype(precision), run_dir if world.main else None) if held else None
     clock = time.perf_counter()  # train_seconds: wall time of the loop (batching and checkpoints included)
     try:
         while state.step < total and not state.stopped_early:

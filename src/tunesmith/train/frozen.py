@@ -3,10 +3,10 @@
 Under autocast every forward casts each frozen fp32 weight to bf16 again, in every part of every step, and keeps
 that copy for the backward; and from_pretrained reads the fp32 weights through a file mapping whose pages stay in
 the process once touched. Held in bf16, the weights are cast once, half their size, and the mapping is let go (the
-other frozen tensors are copied out of it). The arithmetic is unchanged: autocast rounds these weights to bf16
-anyway. On a smollm2-135m LoRA step (batch 8 of DialogSum in parts of 1,024 tokens, 2 cores of an AMX Xeon) the
-step ran 649.0 tokens/s against 628.9 without (benchmarks/sft_levers.py variants 7 and 14), and the sft_speed job's
-peak fell by about 450 MB (the README says how that was measured).
+model's other parameters on the CPU are copied out of it). The arithmetic is unchanged: autocast rounds these
+weights to bf16 anyway. On a smollm2-135m LoRA step (batch 8 of DialogSum in parts of 1,024 tokens, 2 cores of an
+AMX Xeon) the step ran 649.0 tokens/s against 628.9 without (benchmarks/sft_levers.py variants 7 and 14), and the
+sft_speed job's peak fell by about 450 MB (the README says how that was measured).
 
 The fp32 originals wait in a file in the run folder and come back when training ends, so the merged model and the
 scores after training use the weights as loaded. Where no folder is given (a worker process of a multi-process

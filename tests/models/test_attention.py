@@ -75,3 +75,15 @@ def test_causal_lms_get_it_too_with_the_same_logits_and_gradients(tiny_lm, monke
         model.set_attn_implementation(attention.NAME)
         assert torch.allclose(ours[0], theirs[0], atol=1e-5)
         assert all(torch.allclose(ours[1][n], theirs[1][n], atol=1e-5) for n in ours[1])
+
+
+def test_the_additive_mask_gives_masked_fill_bit_for_bit():
+    """Where a score is masked the sum rounds back to the dtype's lowest value; a fully masked row stays uniform."""
+    torch.manual_seed(0)
+    mask = torch.rand(2, 1, 16, 16) > 0.4
+    mask[0, 0, 3] = False
+    for dtype in (torch.bfloat16, torch.float32):
+        scores = (torch.randn(2, 3, 16, 16) * 30).to(dtype)
+        filled = scores.masked_fill(~mask, torch.finfo(dtype).min)
+        assert torch.equal(scores + attention._bias(mask, dtype), filled)
+        assert attention._bias(mask, dtype) is attention._bias(mask, dtype)  # built once for every layer

@@ -1,6 +1,6 @@
 import torch
 
-from tunesmith.models.dropout import Dropout, cheaper_dropout, keep_mask
+from tunesmith.models.dropout import Dropout, cheaper_dropout, dropped, keep_mask, widened
 
 
 def test_it_drops_at_the_rate_asked_and_scales_what_it_keeps():
@@ -44,3 +44,13 @@ def test_masks_follow_torchs_seed():
     torch.manual_seed(3)
     assert torch.equal(keep_mask(torch.Size([64, 64]), 0.3, torch.device("cpu")), first)
     assert not torch.equal(first, second)
+
+
+def test_dropped_zeroes_what_the_mask_drops_and_keeps_the_rest_exactly():
+    keep = torch.rand(64, 48) > 0.3
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        x = torch.randn(64, 48).to(dtype)
+        bits = widened(keep, dtype)
+        assert torch.equal(dropped(x, bits), x * keep)
+        copy = x.clone()
+        assert dropped(copy, bits, inplace=True) is copy and torch.equal(copy, x * keep)

@@ -12,6 +12,8 @@ up to CAUSAL_UP_TO.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 NAME = "tunesmith_cpu"
@@ -42,17 +44,39 @@ def attention(
     ):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
-    if causal and attention_mask is None and query.shape[-2] > 1:  # rows without padding: SDPA's is_causal mask
-        attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
+    # in place: matmul's backward needs only its inputs, and adding a mask needs no pass in the backward
+    scores = torch.matmul(query, key.transpose(2, 3)).mul_(query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if causal and attention_mask is None and query.shape[-2] > 1:  # rows without padding: SDPA's is_causal mask
+        attention_mask = _causal(query.shape[-2], query.device)
+    if attention_mask is not None and attention_mask.dtype == torch.bool and scores.dtype != torch.float16:
+        scores.add_(_bias(attention_mask, scores.dtype))
+    elif attention_mask is not None and attention_mask.dtype == torch.bool:  # float16's lowest + a score can be -inf
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     elif attention_mask is not None:  # an additive mask (a caller's own 4D one), as SDPA takes it
         scores = scores + attention_mask
     probs = torch.nn.functional.dropout(scores.softmax(-1), p=dropout, training=module.training)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+@functools.lru_cache(maxsize=4)
+def _causal(length: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+_last_bias: list = []  # (mask, its version, dtype, bias): every layer of a forward gets the same mask
+
+
+def _bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The boolean mask as 0 where attended and dtype's lowest value elsewhere, built once per forward rather than
+    once per layer. Adding it gives what masked_fill gives, bit for bit, in bfloat16 and float32: a score is far
+    below half a unit in the last place of that lowest value, so the sum rounds back to it."""
+    if _last_bias and _last_bias[0] is mask and _last_bias[1] == mask._version and _last_bias[2] == dtype:
+        return _last_bias[3]
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    _last_bias[:] = [mask, mask._version, dtype, bias]
+    return bias
 
 
 def use_length_dispatch(model: torch.nn.Module) -> None:

@@ -4,9 +4,10 @@ peft runs a LoRA layer as five autograd nodes (the base linear, the adapters' dr
 and an add. Under bf16 autocast each adapter casts its input again and keeps its own dropped, cast copy of it for
 A's gradient, and the scaling and the add are passes over the whole output. Here the layer keeps its input cast
 once to the compute dtype (q, k and v get the same tensor, so they cast it once and keep one copy between them, as
-gate and up do), a bool dropout mask (applied as a multiply; dropout's 1/(1-p) goes on the small rank-r product,
-not on the whole input) and that rank-r product; the scaled update is added into the base output in place, and
-the backward returns A's, B's and the input's gradients from those. The frozen base weight gets no gradient.
+gate and up do), a bool dropout mask (applied as a bitwise AND, models/dropout.py; dropout's 1/(1-p) goes on the
+small rank-r product, not on the whole input) and that rank-r product; the scaled update is added into the base
+output in place, and the backward returns A's, B's and the input's gradients from those. The frozen base
+weight gets no gradient.
 
 The same arithmetic as peft's (a test compares outputs and gradients); it runs only where that holds: one active
 adapter, plain LoRA (no DoRA or other variant), a frozen base nn.Linear, nothing sharded away from the layer
@@ -19,7 +20,7 @@ import types
 
 import torch
 
-from tunesmith.models.dropout import keep_mask, kept
+from tunesmith.models.dropout import dropped, keep_mask, widened
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -46,7 +47,7 @@ class _LoraLinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             xc, w = _cast_once(x, dtype), weight.to(dtype)
             keep = keep_mask(xc.shape, p, xc.device) if p > 0 else None
-            xa = (xc if keep is None else xc * kept(keep, dtype)) @ a.to(dtype).T
+            xa = (xc if keep is None else dropped(xc, widened(keep, dtype))) @ a.to(dtype).T
             out = xc @ w.T if bias is None else torch.addmm(bias.to(dtype), xc, w.T)
             scale = scale / (1 - p)  # dropout's 1/(1-p) on the rank-r product, not on the whole input
             out.addmm_(xa, b.to(dtype).T, alpha=scale)
@@ -64,8 +65,8 @@ class _LoraLinear(torch.autograd.Function):
             grad_b = scale * (g.T @ xa)
             g_xd = g_xa @ a.to(dtype)  # of the dropped input
             if keep is not None:
-                k = kept(keep, dtype)
-                xd, g_xd = xd * k, g_xd.mul_(k)
+                bits = widened(keep, dtype)
+                xd, g_xd = dropped(xd, bits), dropped(g_xd, bits, inplace=True)
             grad_a = g_xa.T @ xd
             grad_x = g_xd.addmm_(g, w)
         grad_bias = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None

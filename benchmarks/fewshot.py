@@ -30,9 +30,11 @@ and keeps the others, so a grid can be filled in several runs.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -229,7 +231,9 @@ def main() -> None:
             keep = np.random.default_rng(0).choice(len(test), args.test_rows, replace=False)
             test = [test[i] for i in sorted(keep)]
         out.setdefault(dataset, {})
-        test_csv = write_csv(test, Path(tempfile.mkdtemp()) / f"{dataset}-test.csv")
+        folder = Path(tempfile.mkdtemp())
+        atexit.register(shutil.rmtree, folder, True)
+        test_csv = write_csv(test, folder / f"{dataset}-test.csv")
         for n in args.sizes:
             runs: dict[str, list[tuple[float, float]]] = {side: [] for side in args.sides}
             for seed in range(args.seeds):

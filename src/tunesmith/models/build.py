@@ -12,6 +12,7 @@ from tunesmith.models import zoo
 from tunesmith.models.attention import use_length_dispatch
 from tunesmith.models.dropout import cheaper_dropout
 from tunesmith.models.fused_lora import fuse_lora
+from tunesmith.models.rmsnorm import fuse_rmsnorm
 
 HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler")  # parameter-name parts of a fresh head
 
@@ -90,6 +91,7 @@ def build_causal_lm(
         set_dropout(config, dropout)
     model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
     use_length_dispatch(model)  # rows of up to 512 tokens: a 4-5% faster LoRA step (models/attention.py)
+    fuse_rmsnorm(model)  # Llama-style norms as one autograd step with a short backward (models/rmsnorm.py)
     model = add_lora(model, lora, "CAUSAL_LM") if lora else model
     cheaper_dropout(model)  # LoRA's dropout: 146 -> 209 tokens/s on a smollm2-135m step (models/dropout.py)
     return model

@@ -36,3 +36,16 @@ def test_a_norm_with_other_arithmetic_keeps_its_own_forward():
     model = torch.nn.Sequential(GemmaRMSNorm(8), LlamaRMSNorm(8))
     assert fuse_rmsnorm(model) == 1
     assert "forward" not in vars(model[0]) and "forward" in vars(model[1])
+
+
+def test_a_norm_whose_arithmetic_changed_keeps_its_own_forward(monkeypatch):
+    """The same code but other numbers (as if transformers changed what the code calls) is not fused."""
+    norm = LlamaRMSNorm(8)
+    monkeypatch.setattr("tunesmith.models.rmsnorm._RMSNorm.apply", lambda x, w, eps: x + 1)
+    assert fuse_rmsnorm(norm) == 0 and "forward" not in vars(norm)
+
+
+def test_fusing_leaves_torchs_random_state_alone():
+    state = torch.get_rng_state()
+    fuse_rmsnorm(LlamaRMSNorm(8))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -30,11 +30,9 @@ and keeps the others, so a grid can be filled in several runs.
 from __future__ import annotations
 
 import argparse
-import atexit
 import csv
 import json
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from jobs import scratch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fewshot.json"
@@ -231,9 +230,7 @@ def main() -> None:
             keep = np.random.default_rng(0).choice(len(test), args.test_rows, replace=False)
             test = [test[i] for i in sorted(keep)]
         out.setdefault(dataset, {})
-        folder = Path(tempfile.mkdtemp())
-        atexit.register(shutil.rmtree, folder, True)
-        test_csv = write_csv(test, folder / f"{dataset}-test.csv")
+        test_csv = write_csv(test, scratch("fewshot-") / f"{dataset}-test.csv")
         for n in args.sizes:
             runs: dict[str, list[tuple[float, float]]] = {side: [] for side in args.sides}
             for seed in range(args.seeds):

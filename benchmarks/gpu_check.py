@@ -13,14 +13,11 @@ asked, as sft_speed.py's chat rows). The SFT jobs are sft_speed.py's own (2 warm
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from jobs import answer, run_job
+from jobs import answer, run_job, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -137,8 +134,7 @@ def main() -> None:
 
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA GPU is visible to torch here; this check needs one (nothing ran)")
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    atexit.register(shutil.rmtree, work, True)  # its runs (a GB or so) go when it ends
+    work = scratch("gpu-check-")
     classify = {"train": str(FIXTURES / "sst2_train.tsv"), "test": str(FIXTURES / "sst2_dev.tsv"), "val_fraction": 0}
     base = {"work": str(work), "steps": a.steps, "device": a.device}
     gpu = torch.cuda.get_device_name(0) if a.device == "cuda" else None

@@ -4,8 +4,10 @@ starts with its parent's high-water mark and the parents never import torch. The
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 TRL = "TRL: .venv/bin/pip install -e '.[bench]' (TRL 1.16.0)"
+
+
+def scratch(prefix: str) -> Path:
+    """A temporary folder for a benchmark's runs (a GB or so each), removed when the benchmark's process ends."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, True)
+    return work
 
 
 def run_job(script: str | Path, job: dict, what: str) -> dict:

@@ -25,16 +25,13 @@ of greedy completions of held-out problems for GRPO.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from jobs import TRL, answer, peer_versions, run_job
+from jobs import TRL, answer, peer_versions, run_job, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 ARITH = ROOT / "examples" / "arithmetic"
@@ -316,8 +313,7 @@ def main() -> None:
         raise SystemExit(f"missing {hh}: the DPO side needs ../shared/data/hh_rlhf (or --data DIR, or --only grpo)")
     # (held-out rows, optimizer steps, probe steps); each side trains on as many rows as its steps take
     sizes = {"dpo": (16, 2, 1), "grpo": (8, 2, 1)} if a.quick else {"dpo": (100, 8, 1), "grpo": (100, 8, 1)}
-    work = Path(tempfile.mkdtemp(prefix="pref-bench-"))
-    atexit.register(shutil.rmtree, work, True)  # its runs (a GB or so) go when it ends
+    work = scratch("pref-bench-")
     shared = {"work": str(work), "quick": a.quick, "max_length": 256}
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "loadavg_at_start": os.getloadavg()} | versions,

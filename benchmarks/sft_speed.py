@@ -28,16 +28,13 @@ tunesmith's memory estimate for the config (what it checks before training) is r
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from jobs import TRL, answer, peer_versions, run_job
+from jobs import TRL, answer, peer_versions, run_job, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -286,8 +283,7 @@ def main() -> None:
     if not dialogsum.exists():
         raise SystemExit(f"missing {dialogsum}: this benchmark needs ../shared/data/dialogsum (or --data DIR)")
     steps = 3 if a.quick else WARMUP + STEPS
-    work = Path(tempfile.mkdtemp(prefix="sft-bench-"))
-    atexit.register(shutil.rmtree, work, True)  # its runs (a GB or so) go when it ends
+    work = scratch("sft-bench-")
     data = child({"side": "rows", "work": str(work), "dialogsum": str(dialogsum), "n": steps * BATCH})
     test = work / "test.jsonl"
     test.write_text("".join(Path(data["train"]).read_text().splitlines(keepends=True)[:4]))

@@ -13,7 +13,7 @@ fastest of those, the chunked loss at 4M logits (by default it engages past 16M)
 64 tokens (shape buckets: fewer distinct shapes for oneDNN's kernel cache), also with one inter-op thread; SDPA
 throughout instead of attention by length (models/attention.py, the default: plain matmuls for causal rows of up
 to 512 tokens); the frozen base weights fp32 under autocast instead of held in bf16 (train/frozen.py, the default
-under bf16, as the training loop does); and parts of 1,024 tokens without dropout.
+under bf16, as the training loop does); parts of 1,024 tokens without dropout; and parts of 1,536 tokens.
 Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
 2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a 2,048-token row is a
 part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate for that config.
@@ -51,6 +51,7 @@ VARIANTS = [
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "attention": "sdpa"},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "held": False},
     {"precision": "bf16", "dropout": "none", "batch_tokens": 1024},
+    {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1536},
 ]
 
 

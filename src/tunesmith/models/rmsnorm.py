@@ -9,9 +9,9 @@ five passes; it keeps the input and one number per row. The gradients equal auto
 
 from __future__ import annotations
 
-import types
-
 import torch
+
+from tunesmith.models.swap import swap_forward
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -44,30 +44,4 @@ def fuse_rmsnorm(model: torch.nn.Module) -> int:
     probe, runs as one step; returns how many. Other arithmetic (Gemma's 1 + weight, for one) keeps its forward."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    llama = LlamaRMSNorm.forward.__code__
-    agrees: dict[type, bool] = {}
-    fused = 0
-    for module in model.modules():
-        code = getattr(type(module).forward, "__code__", None)
-        if code is None or (code.co_code, code.co_consts, code.co_names) != (
-            llama.co_code,
-            llama.co_consts,
-            llama.co_names,
-        ):
-            continue
-        if type(module) not in agrees:
-            agrees[type(module)] = _agrees(module)
-        if agrees[type(module)]:
-            module.forward = types.MethodType(_forward, module)
-            fused += 1
-    return fused
-
-
-def _agrees(module: torch.nn.Module) -> bool:
-    """The module's own forward and this step give the same bits on a probe (its own generator: the model's random
-    state is left as it was)."""
-    weight = module.weight
-    probe = torch.randn(4, weight.shape[-1], generator=torch.Generator().manual_seed(0)) * 3
-    probe = probe.to(weight.device, weight.dtype)
-    with torch.no_grad():
-        return torch.equal(type(module).forward(module, probe), _RMSNorm.apply(probe, weight, module.variance_epsilon))
+    return swap_forward(model, LlamaRMSNorm.forward, _forward, lambda norm: norm.weight)

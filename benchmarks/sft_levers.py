@@ -14,13 +14,16 @@ fastest of those, the chunked loss at 4M logits (by default it engages past 16M)
 throughout instead of attention by length (models/attention.py, the default: plain matmuls for causal rows of up
 to 512 tokens); the frozen base weights fp32 under autocast instead of held in bf16 (train/frozen.py, the default
 under bf16, as the training loop does); parts of 1,024 tokens without dropout; and parts of 1,536 tokens.
-Scaling (LoRA and full fine-tuning, bf16, tunesmith's defaults): dialogues packed into rows of 256, 512, 1,024 and
-2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a 2,048-token row is a
-part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate for that config.
+Scaling (LoRA and full fine-tuning, bf16 or --precision fp32, tunesmith's defaults): dialogues packed into rows of
+256, 512, 1,024 and 2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a
+2,048-token row is a part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate
+for that config.
 
     .venv/bin/python benchmarks/sft_levers.py          # about 45 minutes on 2 cores
     .venv/bin/python benchmarks/sft_levers.py --variants 4 6 7 8 --no-scaling   # those levers only (VARIANTS' order)
     .venv/bin/python benchmarks/sft_levers.py --no-levers --steps 4 --out benchmarks/results/sft_scaling.json
+    .venv/bin/python benchmarks/sft_levers.py --no-levers --steps 3 --precision fp32 --modes lora \
+        --out benchmarks/results/sft_scaling_fp32.json
 """
 
 from __future__ import annotations
@@ -163,6 +166,8 @@ def main() -> None:
     ap.add_argument("--variants", type=int, nargs="+", help="indices into VARIANTS; default all, then the chunked loss")
     ap.add_argument("--no-scaling", action="store_true", help="skip the sequence-length scaling table")
     ap.add_argument("--no-levers", action="store_true", help="the scaling table only")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="of the scaling table")
+    ap.add_argument("--modes", nargs="+", choices=("lora", "full"), default=["lora", "full"], help="of the scaling")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -180,9 +185,9 @@ def main() -> None:
         results.append(chunked | child(chunked | {"data": str(data), "steps": a.steps}))
         print(results[-1], flush=True)
     scaling = []
-    for mode in () if a.no_scaling else ("lora", "full"):
+    for mode in () if a.no_scaling else a.modes:
         for length in (256, 512, 1024, 2048):
-            v = {"mode": mode, "precision": "bf16", "max_length": length, "batch": 4096 // length, "packed": True}
+            v = {"mode": mode, "precision": a.precision, "max_length": length, "batch": 4096 // length, "packed": True}
             v["batch_tokens"] = 1024
             got = child(v | {"data": str(data), "steps": a.steps})
             scaling.append(v | got | {"estimated_peak_mb": round(estimate_mb(v | {"data": str(data)}))})

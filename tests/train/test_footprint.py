@@ -11,13 +11,15 @@ from tunesmith.train import footprint
 def test_the_estimate_grows_with_batch_and_length_and_shrinks_under_lora(tiny_lm, tmp_path, fixtures):
     def total(**train) -> float:
         raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl")
-        raw["train"] |= train
+        raw["train"] |= {"precision": "fp32"} | train
         return footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm))
 
     small, big = total(batch_size=2), total(batch_size=8)
     assert big.activations_mb == pytest.approx(4 * small.activations_mb)
-    assert total(max_length=64).activations_mb == pytest.approx(total(max_length=128).activations_mb / 2)
+    short, long = total(max_length=64).activations_mb, total(max_length=128).activations_mb
+    assert long / 4 < short < long / 2  # per row: linear in the tokens, and quadratic in attention's probabilities
     raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl", lora={"r": 4})
+    raw["train"]["precision"] = "fp32"
     lora = footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm))
     assert lora.optimizer_mb < small.optimizer_mb and lora.weights_mb == small.weights_mb
     raw["train"]["precision"] = "bf16"  # the frozen linear weights held in 16 bits (train/frozen.py)
@@ -32,12 +34,25 @@ def test_a_config_that_cannot_fit_fails_before_training_naming_what_to_lower(tin
     assert not list((tmp_path / "runs").glob("*/checkpoints"))
 
 
-def test_a_batch_in_parts_needs_less_than_the_whole_batch_and_more_than_one_part(tiny_lm, tmp_path, fixtures):
+def test_a_batch_in_parts_needs_one_parts_activations(tiny_lm, tmp_path, fixtures):
     def activations(budget) -> float:
         raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl")
         raw["train"] |= {"batch_size": 8, "max_length": 128, "batch_tokens": budget}
         return footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm)).activations_mb
 
-    whole, parts = activations(None), activations(256)
-    assert whole / 4 < parts < whole
-    assert parts == pytest.approx(whole * (256 + footprint.HEAP_KEPT * (1024 - 256)) / 1024)
+    assert activations(256) == pytest.approx(activations(None) / 4)
+    assert activations(64) == pytest.approx(activations(None) / 8)  # a part holds at least one whole row
+
+
+def test_fp32_needs_more_than_bf16_and_plain_attention_adds_its_probabilities(tiny_lm, tmp_path, fixtures):
+    def estimate(**train) -> footprint.Footprint:
+        raw = sft_config(tiny_lm, tmp_path, fixtures / "oasst_20.jsonl")
+        raw["train"] |= {"batch_tokens": None, "batch_size": 1} | train
+        return footprint.estimate(config_from_dict(raw), AutoConfig.from_pretrained(tiny_lm))
+
+    assert estimate(precision="fp32").activations_mb > estimate(precision="bf16").activations_mb
+    full_bf16 = estimate(precision="bf16")
+    assert full_bf16.weights_mb > estimate(precision="fp32").weights_mb  # autocast's copies of the trained weights
+    # up to CAUSAL_UP_TO tokens attention is plain matmuls that keep heads x length probabilities per token
+    short, long = estimate(max_length=512), estimate(max_length=1024)
+    assert long.activations_mb < 2 * short.activations_mb

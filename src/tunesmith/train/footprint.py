@@ -1,14 +1,18 @@
 """The peak memory a config will need, known before training starts: a config that cannot fit fails in seconds
 with the settings to lower, not by an out-of-memory kill halfway through an epoch.
 
-An upper-bound model from the model's config (no weights loaded): fp32 weights (LoRA's frozen linear weights in 16
-bits where the precision is set to bf16 or fp16; auto may stay fp32), gradients and AdamW's two moments for what
-trains, the activations autograd keeps for the longest forward pass (batch_size x max_length
-tokens, or train.batch_tokens where the method runs a batch in parts; the loop runs the longest batch first),
-the LM head's logits at the target positions, and the runtime (Python, torch, transformers, the tokenizer).
-ACTIVATION_FLOATS was fitted on one config: smollm2-135m, LoRA r16 on all linear layers, bf16 autocast, one
-forward pass of 8 rows of up to 503 tokens (benchmarks/sft_speed.py, which records each estimate beside the
-measured peak: 7,743 vs 7,748 MB), HEAP_KEPT on the same batches in parts; fp32 and encoders are not fitted yet.
+A model from the model's config (no weights loaded) and the precision the run will use (`auto` resolved as the
+loop resolves it): fp32 weights (LoRA's frozen linear weights in 16 bits under bf16/fp16, train/frozen.py),
+gradients and AdamW's two moments for what trains (and, in full fine-tuning under autocast, the 16-bit copies of the
+linear weights kept for the backward), the activations autograd keeps for the longest forward pass (batch_size x
+max_length tokens, or one part of train.batch_tokens where the method runs a batch in parts; the loop runs the
+longest batch first), the attention probabilities where attention runs as plain matmuls (encoders, and causal rows
+of up to models/attention.py's CAUSAL_UP_TO tokens on a CPU), the LM head's logits at the target positions, and the
+runtime (Python, torch, transformers, the tokenizer, the data).
+The constants were fitted on smollm2-135m (LoRA r16 on all linear layers and full fine-tuning, bf16 and fp32,
+DialogSum packed into rows of 256 to 2,048 tokens, 4,096 tokens a batch in parts of 1,024: benchmarks/sft_levers.py
+--no-levers, which records each estimate beside the measured peak), so that the estimate is above every one of
+those peaks, by 1-15%; encoders are not fitted.
 """
 
 from __future__ import annotations
@@ -21,14 +25,13 @@ import psutil
 from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError
 
-RUNTIME_MB = 700.0
-# floats autograd keeps per token and layer, as multiples of the hidden and the MLP width
+RUNTIME_MB = 900.0
+# floats autograd keeps per token and layer, as multiples of the hidden and the MLP width, and the bytes each one
+# costs at the peak, in 16-bit autocast or fp32 (fp32 keeps about twice as much: every saved tensor is 4 bytes)
 ACTIVATION_FLOATS = {"hidden": 7.5, "mlp": 3.0}
-# A batch run in parts (train.batch_tokens) peaks above one part's activations: glibc's heap keeps about this share
-# of what the rest of the batch would have held, as parts of different lengths come and go. Fitted on
-# benchmarks/sft_speed.py of 2026-12-04 (smollm2-135m, batches of 8 x 512 in parts of 1,024 tokens): LoRA 4,819 MB
-# measured, 4,824 estimated; full fine-tuning 6,112 measured, 6,302 estimated.
-HEAP_KEPT = 0.38
+BYTES_PER_FLOAT = {"low": 6.0, "fp32": 11.5}
+# bytes per attention probability (heads x length per token and layer) where attention runs as plain matmuls
+BYTES_PER_SCORE = {"low": 7.0, "fp32": 14.0}
 MB = 1024 * 1024
 
 
@@ -72,30 +75,35 @@ def estimate(cfg: RunConfig, config) -> Footprint:
     """The footprint of the run config on the model whose transformers config is `config`."""
     from tunesmith import methods
     from tunesmith.lm.logprobs import CHUNK_ELEMENTS
+    from tunesmith.models.attention import CAUSAL_UP_TO
     from tunesmith.train.batches import token_budget
-    from tunesmith.train.precision import pick_device
+    from tunesmith.train.precision import pick_device, pick_precision
 
     causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     s = _sizes(config)
     t = cfg.train
+    device = pick_device(t.device)
+    low = pick_precision(t.precision, device)[0] != "fp32"
+    kind = "low" if low else "fp32"
     trained = _lora_params(s, cfg.lora.r) if cfg.lora else s["params"]
-    low = t.precision != "fp32"  # auto may choose bf16: the upper bound
-    held = cfg.lora is not None and t.precision in ("bf16", "fp16")  # frozen weights in 16 bits: train/frozen.py
-    per_float = 4 + (2 if low else 0)  # autocast keeps a 16-bit copy beside most fp32 activations
-    tokens = whole = t.batch_size * t.max_length
-    budget = token_budget(t.batch_tokens, pick_device(t.device).type)
+    tokens = t.batch_size * t.max_length
+    budget = token_budget(t.batch_tokens, device.type)
     if budget and "train.batch_tokens" in methods.get(cfg.method).options:  # the method runs a batch in parts
-        part = min(whole, max(budget, t.max_length))
-        tokens = part + HEAP_KEPT * (whole - part)
-    per_token = ACTIVATION_FLOATS["hidden"] * s["d"] + ACTIVATION_FLOATS["mlp"] * s["f"]
-    if not causal:
-        per_token += s["heads"] * t.max_length  # encoders: attention probabilities (dropout needs the math path)
+        tokens = min(tokens, max(budget, t.max_length))
+    per_token = (ACTIVATION_FLOATS["hidden"] * s["d"] + ACTIVATION_FLOATS["mlp"] * s["f"]) * BYTES_PER_FLOAT[kind]
+    if not causal or (device.type == "cpu" and t.max_length <= CAUSAL_UP_TO):  # plain attention keeps T x T
+        per_token += s["heads"] * t.max_length * BYTES_PER_SCORE[kind]
     # the LM head's logits, log-softmax and gradient, for at most every token, in chunks past CHUNK_ELEMENTS
     logits = 3 * min(tokens * s["vocab"], CHUNK_ELEMENTS) * 4 if causal else 0
+    weights = s["params"] * 4
+    if cfg.lora and low:
+        weights -= s["linear"] * 2  # the frozen linear weights held in 16 bits
+    elif low:
+        weights += s["linear"] * 2  # autocast's 16-bit copies of the trained linear weights, kept for the backward
     return Footprint(
-        weights_mb=(s["params"] * 4 - (s["linear"] * 2 if held else 0)) / MB,
+        weights_mb=weights / MB,
         optimizer_mb=trained * 12 / MB,
-        activations_mb=s["layers"] * tokens * per_token * per_float / MB,
+        activations_mb=s["layers"] * tokens * per_token / MB,
         logits_mb=logits / MB,
         runtime_mb=RUNTIME_MB,
     )

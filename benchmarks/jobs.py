@@ -26,13 +26,16 @@ def scratch(prefix: str) -> Path:
 
 def run_job(script: str | Path, job: dict, what: str) -> dict:
     """The job's result with its peak_rss_mb; SystemExit naming `what` when the child fails."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(job, f)
-    proc = subprocess.Popen([sys.executable, str(script), "--child", f.name], cwd=Path(script).resolve().parents[1])
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{what} job failed (status {status}): see its output above")
-    return json.loads(Path(f.name + ".out").read_text()) | {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    with tempfile.TemporaryDirectory(prefix="bench-job-") as folder:  # the job and its answer, removed after
+        job_file = Path(folder) / "job.json"
+        job_file.write_text(json.dumps(job))
+        cmd = [sys.executable, str(script), "--child", str(job_file)]
+        proc = subprocess.Popen(cmd, cwd=Path(script).resolve().parents[1])
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise SystemExit(f"{what} job failed (status {status}): see its output above")
+        got = json.loads(Path(f"{job_file}.out").read_text())
+    return got | {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def answer(job_file: str, run: Callable[[dict], dict]) -> None:

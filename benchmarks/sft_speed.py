@@ -308,6 +308,8 @@ def main() -> None:
             result[mode] = side_by_side(mode, base, a.quick) | {"machine": result["machine"]}
             result[mode]["seconds"] = time.perf_counter() - started
             result["matmul_probes"].append(probe_matmul())
+            best = {d: max(p[d] for p in result["matmul_probes"]) for d in ("float32", "bfloat16")}
+            result["matmul_peak_gflops"] = best
             for done in ran:  # against the best probe of this run so far
                 utilisation(result, done, data["params"])
             a.out.write_text(json.dumps(result, indent=2))
@@ -326,7 +328,6 @@ def utilisation(result: dict, mode: str, params: int) -> None:
     ours = result[mode]["tunesmith"]
     dtype = "bfloat16" if ours["setting"]["precision"] == "bf16" else "float32"
     factor = 4 if mode == "lora" else 6
-    result["matmul_peak_gflops"] = {d: max(p[d] for p in result["matmul_probes"]) for d in ("float32", "bfloat16")}
     ours["mfu"] = factor * params * ours["tokens_per_s"] / (result["matmul_peak_gflops"][dtype] * 1e9)
     result[mode]["dtype"] = dtype
 

@@ -13,8 +13,11 @@ import torch
 def same_code(function, reference) -> bool:
     """The same bytecode, constants and names: a forward that computes what the reference's does, as written."""
     code = getattr(function, "__code__", None)
-    parts = [(c.co_code, c.co_consts, c.co_names) for c in (code, reference.__code__) if c is not None]
-    return len(parts) == 2 and parts[0] == parts[1]
+    return code is not None and _what_it_runs(code) == _what_it_runs(reference.__code__)
+
+
+def _what_it_runs(code) -> tuple:
+    return code.co_code, code.co_consts, code.co_names
 
 
 def swap_forward(model: torch.nn.Module, reference: Callable, forward: Callable, weight: Callable) -> int:

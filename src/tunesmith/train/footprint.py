@@ -12,7 +12,7 @@ runtime (Python, torch, transformers, the tokenizer, the data).
 The constants were fitted on smollm2-135m (LoRA r16 on all linear layers and full fine-tuning, bf16 and fp32,
 DialogSum packed into rows of 256 to 2,048 tokens, 4,096 tokens a batch in parts of 1,024: benchmarks/sft_levers.py
 --no-levers, which records each estimate beside the measured peak), so that the estimate is above every one of
-those peaks, by 1-15%; encoders are not fitted.
+those peaks, by 1-11%; encoders are not fitted.
 """
 
 from __future__ import annotations

@@ -96,3 +96,34 @@ def test_peft_runs_its_own_forward_where_fusing_would_differ(tiny_lm):
         merged = ours(input_ids=ids).logits
     assert not torch.allclose(tuned, base, atol=1e-4)
     assert torch.allclose(tuned, merged, atol=1e-5)
+
+
+def test_the_inputs_gradient_is_computed_only_where_the_input_needs_one(tiny_lm):
+    """Under LoRA the first block's input (the frozen embeddings, normed) needs no gradient: its matmul with the
+    base weight is skipped, and A's and B's gradients are the same either way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMatmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm)
+            return func(*args, **(kwargs or {}))
+
+    _, ours = lora_pair(tiny_lm, 0.0)
+    layer = ours.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(3, 5, layer.in_features)
+    grads, counts = [], []
+    for needs in (True, False):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_(needs)
+        out = layer(xi)
+        with CountMatmuls() as mode:
+            out.square().sum().backward()
+        grads.append([layer.lora_A["default"].weight.grad.clone(), layer.lora_B["default"].weight.grad.clone()])
+        counts.append(mode.n)
+        assert (xi.grad is not None) == needs
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert counts[1] < counts[0]

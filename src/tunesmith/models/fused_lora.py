@@ -63,14 +63,15 @@ class _LoraLinear(torch.autograd.Function):
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
             g_xa = (g @ b.to(dtype)).mul_(scale)  # the gradient of A's output
             grad_b = scale * (g.T @ xa)
-            g_xd = g_xa @ a.to(dtype)  # of the dropped input
-            if keep is not None:
-                bits = widened(keep, dtype)
-                xd, g_xd = dropped(xd, bits), dropped(g_xd, bits, inplace=True)
-            grad_a = g_xa.T @ xd
-            grad_x = g_xd.addmm_(g, w)
+            bits = None if keep is None else widened(keep, dtype)
+            grad_a = g_xa.T @ (xd if bits is None else dropped(xd, bits))
+            grad_x = None
+            if ctx.needs_input_grad[0]:  # not for the first block's input under LoRA: the embeddings are frozen
+                g_xd = g_xa @ a.to(dtype)  # the gradient of the dropped input
+                if bits is not None:
+                    dropped(g_xd, bits, inplace=True)
+                grad_x = g_xd.addmm_(g, w).view(*grad.shape[:-1], w.shape[1]).to(ctx.x_dtype)
         grad_bias = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        grad_x = grad_x.view(*grad.shape[:-1], grad_x.shape[-1]).to(ctx.x_dtype)
         return grad_x, None, grad_bias, grad_a.to(a.dtype), grad_b.to(b.dtype), None, None
 
 

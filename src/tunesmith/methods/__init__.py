@@ -38,6 +38,7 @@ class Method:
     # recipe(cfg, data_report) -> {"train.key": value}: defaults that depend on the prepared data, for the keys the
     # config leaves unset; applied once, before training, and written into the run's config.yaml
     recipe: Callable[..., dict] | None = None
+    samples_from_model: bool = False  # it generates with the model it trains (RL): the memory estimate's weights
 
 
 @functools.cache

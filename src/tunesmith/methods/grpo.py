@@ -339,5 +339,6 @@ METHODS = (
         curve=("reward",),
         figures=("before_after",),
         panels=(("mean reward of greedy completions on held-out prompts", ("reward",)), forgetting.PANEL),
+        samples_from_model=True,
     ),
 )

@@ -77,7 +77,8 @@ def test_on_a_cuda_gpu_all_but_the_runtime_is_checked_against_the_gpus_free_memo
     raw["train"] |= {"batch_tokens": None, "batch_size": 1, "max_length": 256}
     cfg = config_from_dict(raw)
     need = footprint.estimate(cfg, config)
-    on_gpu = need.total_mb - need.runtime_mb + footprint.CUDA_CONTEXT_MB
+    on_gpu = need.on_gpu_mb
+    assert on_gpu == need.total_mb - need.runtime_mb + footprint.CUDA_CONTEXT_MB
     monkeypatch.setattr(footprint, "memory_limit_mb", lambda: need.runtime_mb + need.weights_mb + 1)
     monkeypatch.setattr(footprint, "gpu_free_mb", lambda device: on_gpu + 1)
     assert footprint.check_fits(cfg, config) == need  # more than the machine's RAM in all, but it fits the GPU

@@ -65,6 +65,9 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r and "split" not in r]
     assert train[-1]["loss"] < train[0]["loss"] and result.steps == 24
+    # cumulative examples and training seconds: any window of steps gives its own rate
+    assert all(a["examples"] < b["examples"] and a["train_s"] < b["train_s"] for a, b in zip(train, train[1:]))
+    assert train[-1]["examples"] == result.examples
     assert [r["step"] for r in rows if r.get("split") == "val"] == [8, 16, 24]
     assert result.last_eval["accuracy"] > 0.8 and (tmp_path / "tb").is_dir()
 

@@ -50,6 +50,11 @@ class Footprint:
     def total_mb(self) -> float:
         return self.weights_mb + self.optimizer_mb + self.activations_mb + self.logits_mb + self.runtime_mb
 
+    @property
+    def on_gpu_mb(self) -> float:
+        """What a CUDA GPU holds: all but the host's runtime, and the CUDA context."""
+        return self.total_mb - self.runtime_mb + CUDA_CONTEXT_MB
+
     def report(self) -> dict:
         return {k: round(v) for k, v in asdict(self).items()} | {"total_mb": round(self.total_mb)}
 
@@ -141,8 +146,7 @@ def check_fits(cfg: RunConfig, config) -> Footprint:
     need = estimate(cfg, config)
     device = pick_device(cfg.train.device)
     if device.type == "cuda":
-        on_gpu = need.total_mb - need.runtime_mb + CUDA_CONTEXT_MB
-        _fail_if_above(cfg, need, on_gpu, gpu_free_mb(device), f"the GPU ({device}) has free")
+        _fail_if_above(cfg, need, need.on_gpu_mb, gpu_free_mb(device), f"the GPU ({device}) has free")
         _fail_if_above(cfg, need, need.runtime_mb + need.weights_mb, memory_limit_mb(), "this machine allows")
     else:
         _fail_if_above(cfg, need, need.total_mb, memory_limit_mb(), "this machine allows")

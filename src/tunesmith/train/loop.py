@@ -226,11 +226,12 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
                 if step % cfg.log_every == 0 or step == total:
                     row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": running / running_n}
                     row |= means | {"lr": lr, "grad_norm": grad_norm, "examples_per_s": speed}
-                    if state.tokens:  # cumulative, so that any window of steps gives its own rate
+                    # cumulative, so that any window of steps gives its own rate (without the first steps' warm-up)
+                    row |= {"examples": state.examples, "train_s": state.train_seconds}
+                    if state.tokens:
                         row |= {"tokens": state.tokens, "target_tokens": state.target_tokens}
-                        row["train_s"] = state.train_seconds
                     if world.size > 1:  # cumulative: the share of training spent summing gradients across processes
-                        row |= {"sync_s": state.sync_seconds, "train_s": state.train_seconds}
+                        row["sync_s"] = state.sync_seconds
                     _write(log, row)
                     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
                 if task.evaluate and (step % eval_every == 0 or step == total):

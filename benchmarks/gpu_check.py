@@ -48,8 +48,15 @@ def model_dir(alias: str, work: Path) -> tuple[str, bool]:
 
 
 def model_job(job: dict) -> dict:
+    """The model's folder, and what this machine runs on (here, not in the parent, which never imports torch, so
+    that no child starts from its high-water mark)."""
+    import torch
+
+    if job["device"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA GPU is visible to torch here; this check needs one (nothing ran)")
     folder, real = model_dir(job["alias"], Path(job["work"]) / "models")
-    return {"dir": folder, "real_weights": real}
+    gpu = torch.cuda.get_device_name(0) if job["device"] == "cuda" else None
+    return {"dir": folder, "real_weights": real, "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda}
 
 
 def train_job(job: dict) -> dict:
@@ -65,7 +72,7 @@ def train_job(job: dict) -> dict:
            "data": job["data"] | {"dedup": {"exact": False, "near": False}, "on_error": "skip"},
            "train": {"max_steps": job["steps"], "batch_size": job["batch"], "lr": job["lr"], "precision": "bf16",
                      "device": job["device"], "max_length": job["max_length"], "log_every": 10, "epochs": 1000,
-                     "checkpoint_every": 10_000, "seed": 13,
+                     "checkpoint_every": job.get("checkpoint_every", 10_000), "seed": 13,
                      "distributed": {"strategy": job.get("strategy", "ddp")}},
            "eval": {"baseline": False}}  # fmt: skip
     path = work / f"{job['method']}.yaml"
@@ -73,12 +80,22 @@ def train_job(job: dict) -> dict:
     run = api.train(path, quiet=True)
     ev = json.loads((run / "eval.json").read_text())
     logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in logged if "loss" in r and "split" not in r]
+    steps = [r for r in logged if "loss" in r and "split" not in r]
     return {"real_weights": real, "train": ev["train"], "accuracy": ev["tuned"].get("accuracy"),
-            "loss_first": losses[0], "loss_last": losses[-1]} | gpu_peak()  # fmt: skip
+            "examples_per_s_after_first_log": _window_rate(steps), "loss_first": steps[0]["loss"],
+            "loss_last": steps[-1]["loss"]} | gpu_peak()  # fmt: skip
 
 
-def sft_side_by_side(mode: str, base: dict, params: int, peak: float) -> dict:
+def _window_rate(steps: list[dict]) -> float | None:
+    """Examples per second from the first logged step to the last: without the first steps' CUDA start-up, which
+    the run's cumulative examples_per_s includes."""
+    first, last = steps[0], steps[-1]
+    if len(steps) < 2 or last["train_s"] <= first["train_s"]:
+        return None
+    return (last["examples"] - first["examples"]) / (last["train_s"] - first["train_s"])
+
+
+def sft_side_by_side(mode: str, base: dict, params: int, peak: float | None) -> dict:
     """tunesmith's sft and TRL's SFTTrainer on the same rows in bf16 on CUDA, TRL with gradient checkpointing
     off and on (its padding_free needs flash attention, which this check does not install); the faster TRL counts."""
     ours = child(base | {"side": "tunesmith", "mode": mode, "generate": 4 if mode == "lora" else 0}, SFT)
@@ -91,6 +108,7 @@ def sft_side_by_side(mode: str, base: dict, params: int, peak: float) -> dict:
         out["speed_ratio"] = ours["tokens_per_s"] / best["tokens_per_s"]
         if "peak_gpu_mb" in ours and "peak_gpu_mb" in best:
             out["gpu_memory_ratio"] = ours["peak_gpu_mb"] / best["peak_gpu_mb"]
+    if "tokens_per_s" in ours and peak:
         ours["mfu"] = (4 if mode == "lora" else 6) * params * ours["tokens_per_s"] / (peak * 1e9)
     return out
 
@@ -104,9 +122,8 @@ def child(job: dict, script: Path = Path(__file__)) -> dict:
         return {"error": str(err)}
 
 
-def matmul(shape: tuple[int, int, int], device: str) -> float:
-    job = {"side": "matmul", "dtype": "bfloat16", "device": device, "shape": shape}
-    return run_job(SFT, job, "matmul")["gflops"]
+def matmul(shape: tuple[int, int, int], device: str) -> float | None:
+    return child({"side": "matmul", "dtype": "bfloat16", "device": device, "shape": shape}, SFT).get("gflops")
 
 
 def versions() -> dict[str, str | None]:
@@ -124,22 +141,20 @@ def versions() -> dict[str, str | None]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_check.json")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a dry run of the script's plumbing
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return answer(a.child, lambda job: {"train": train_job, "model": model_job}[job["side"]](job))
-    import torch
-
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu_check: no CUDA GPU is visible to torch here; this check needs one (nothing ran)")
     work = scratch("gpu-check-")
     classify = {"train": str(FIXTURES / "sst2_train.tsv"), "test": str(FIXTURES / "sst2_dev.tsv"), "val_fraction": 0}
     base = {"work": str(work), "steps": a.steps, "device": a.device}
-    gpu = torch.cuda.get_device_name(0) if a.device == "cuda" else None
-    result = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
-              "python": sys.version.split()[0], "versions": versions(), "steps": a.steps}  # fmt: skip
+    smollm = child({"side": "model", "work": str(work), "alias": "smollm2-135m-instruct", "device": a.device})
+    if "error" in smollm and "no CUDA GPU" in smollm["error"]:
+        raise SystemExit(smollm["error"])
+    machine = {k: smollm.get(k) for k in ("gpu", "torch", "cuda")}
+    result = machine | {"python": sys.version.split()[0], "versions": versions(), "steps": a.steps}
     a.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every part: a run cut short by its time limit keeps what it measured
@@ -148,30 +163,38 @@ def main() -> None:
     result["classify"] = child(base | {"side": "train", "alias": "minilm-l6", "method": "classify", "data": classify,
                                        "batch": 32, "lr": 5e-5, "max_length": 128})  # fmt: skip
     save()
-    smollm = child({"side": "model", "work": str(work), "alias": "smollm2-135m-instruct"})
-    rows = run_job(SFT, {"side": "rows", "work": str(work), "model_dir": smollm["dir"], "n": a.steps * 8,
-                         "dialogsum": str(FIXTURES / "dialogsum_20.jsonl"), "repeat": True}, "rows")  # fmt: skip
-    test = work / "test.jsonl"
-    test.write_text("".join(Path(rows["train"]).read_text().splitlines(keepends=True)[:4]))
     square = (8192,) * 3 if a.device == "cuda" else (1024,) * 3  # the GPU's peak; a CPU dry run stays short
     shapes = {"mlp_4096x576x1536": (4096, 576, 1536), "square": square}
     result["matmul_bf16_gflops"] = {name: matmul(shape, a.device) for name, shape in shapes.items()}
-    sft = base | {"model_dir": smollm["dir"], "train": rows["train"], "test": str(test)}
-    peak = result["matmul_bf16_gflops"]["square"]
-    result["sft"] = {"model_real_weights": smollm["real_weights"], "rows": a.steps * 8, "batch": 8, "max_length": 512}
-    for mode in ("lora", "full"):
-        result["sft"][mode] = sft_side_by_side(mode, sft, rows["params"], peak)
+    rows = {"error": "no model"} if "error" in smollm else child(
+        {"side": "rows", "work": str(work), "model_dir": smollm["dir"], "n": a.steps * 8,
+         "dialogsum": str(FIXTURES / "dialogsum_20.jsonl"), "repeat": True}, SFT)  # fmt: skip
+    if "error" in rows:
+        result["sft"] = {"error": f"{smollm.get('error') or rows['error']}: the SFT parts did not run"}
         save()
+    else:
+        test = work / "test.jsonl"
+        test.write_text("".join(Path(rows["train"]).read_text().splitlines(keepends=True)[:4]))
+        sft = base | {"model_dir": smollm["dir"], "train": rows["train"], "test": str(test)}
+        peak = result["matmul_bf16_gflops"]["square"]
+        result["sft"] = {"model_real_weights": smollm["real_weights"], "rows": a.steps * 8, "batch": 8,
+                         "max_length": 512}  # fmt: skip
+        for mode in ("lora", "full"):
+            result["sft"][mode] = sft_side_by_side(mode, sft, rows["params"], peak)
+            save()
     # FSDP2 (train.distributed.strategy fsdp) in one process, bf16: the sharded path's forward, backward, optimiser,
-    # gathered checkpoint and final unshard on CUDA; a few steps each, last, so that a cut run keeps the rest
-    fsdp = base | {"side": "train", "strategy": "fsdp", "steps": min(a.steps, 60)}
-    result["fsdp"] = {
-        "classify": child(fsdp | {"alias": "minilm-l6", "method": "classify", "data": classify, "batch": 32,
-                                  "lr": 5e-5, "max_length": 128}),
-        "sft_full": child(fsdp | {"alias": "smollm2-135m-instruct", "method": "sft", "batch": 8, "lr": 2e-5,
-                                  "max_length": 512, "data": {"train": rows["train"], "test": str(test)}}),
-    }  # fmt: skip
+    # gathered checkpoint (every 20 steps) and final unshard on CUDA; a few steps each, last, so that a cut run keeps
+    # the rest
+    fsdp = base | {"side": "train", "strategy": "fsdp", "steps": min(a.steps, 60), "checkpoint_every": 20}
+    result["fsdp"] = {}
+    result["fsdp"]["classify"] = child(fsdp | {"alias": "minilm-l6", "method": "classify", "data": classify,
+                                               "batch": 32, "lr": 5e-5, "max_length": 128})  # fmt: skip
     save()
+    if "error" not in rows:
+        result["fsdp"]["sft_full"] = child(fsdp | {"alias": "smollm2-135m-instruct", "method": "sft", "batch": 8,
+                                                   "lr": 2e-5, "max_length": 512,
+                                                   "data": {"train": rows["train"], "test": str(test)}})  # fmt: skip
+        save()
     print(json.dumps(result, indent=2))
 
 

@@ -11,9 +11,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+TAIL_LINES = 25  # of a failed child's stderr, in its error
 TRL = "TRL: .venv/bin/pip install -e '.[bench]' (TRL 1.16.0)"
 
 
@@ -25,15 +27,21 @@ def scratch(prefix: str) -> Path:
 
 
 def run_job(script: str | Path, job: dict, what: str) -> dict:
-    """The job's result with its peak_rss_mb; SystemExit naming `what` when the child fails."""
+    """The job's result with its peak_rss_mb; SystemExit naming `what` and ending with the last lines the child
+    wrote to stderr when it fails (passed through as they come, and kept, since a long run's log loses them)."""
     with tempfile.TemporaryDirectory(prefix="bench-job-") as folder:  # the job and its answer, removed after
         job_file = Path(folder) / "job.json"
         job_file.write_text(json.dumps(job))
         cmd = [sys.executable, str(script), "--child", str(job_file)]
-        proc = subprocess.Popen(cmd, cwd=Path(script).resolve().parents[1])
+        proc = subprocess.Popen(cmd, cwd=Path(script).resolve().parents[1], stderr=subprocess.PIPE, text=True,
+                                errors="replace")  # fmt: skip
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
         _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
-            raise SystemExit(f"{what} job failed (status {status}): see its output above")
+            raise SystemExit(f"{what} job failed (status {status}); its stderr ended:\n" + "".join(tail).rstrip())
         got = json.loads(Path(f"{job_file}.out").read_text())
     return got | {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 

@@ -136,6 +136,7 @@ def tunesmith_job(job: dict) -> dict:
     work.mkdir(parents=True)
     path.write_text(yaml.safe_dump(cfg))
     run = api.train(path, quiet=True)
+    estimate = footprint.estimate(load_config(path), AutoConfig.from_pretrained(model_dir(job)))
     logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logged if "loss" in r and "split" not in r]
     setup = next(r for r in logged if r.get("split") == "setup")
@@ -149,7 +150,7 @@ def tunesmith_job(job: dict) -> dict:
         "loss_last5_mean": sum(r["loss"] for r in steps[-5:]) / len(steps[-5:]),  # one batch's loss is noisy
         "setting": {"precision": setup["precision"], "precision_reason": setup["precision_reason"]},
         "timed_s": seconds,
-        "estimated_peak_mb": footprint.estimate(load_config(path), AutoConfig.from_pretrained(model_dir(job))).report(),
+        "estimated_peak_mb": estimate.report() | ({"on_gpu_mb": round(estimate.on_gpu_mb)} if gpu_peak() else {}),
         "scores": json.loads((run / "eval.json").read_text()).get("tuned"),
     } | gpu_peak()
 
@@ -196,6 +197,8 @@ def trl_job(job: dict) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, *_, **__):
+            if torch.cuda.is_initialized():  # the step's kernels done, not only queued
+                torch.cuda.synchronize()
             ends.append(time.perf_counter())
 
     trainer.add_callback(Clock())

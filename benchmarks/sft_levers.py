@@ -13,7 +13,9 @@ fastest of those, the chunked loss at 4M logits (by default it engages past 16M)
 64 tokens (shape buckets: fewer distinct shapes for oneDNN's kernel cache), also with one inter-op thread; SDPA
 throughout instead of attention by length (models/attention.py, the default: plain matmuls for causal rows of up
 to 512 tokens); the frozen base weights fp32 under autocast instead of held in bf16 (train/frozen.py, the default
-under bf16, as the training loop does); parts of 1,024 tokens without dropout; and parts of 1,536 tokens.
+under bf16, as the training loop does); parts of 1,024 tokens without dropout; parts of 1,536 tokens; and full
+fine-tuning at the defaults. With --profile the timed steps run under torch.profiler (each op's share of the time,
+each matmul shape's rate).
 Scaling (LoRA and full fine-tuning, bf16 or --precision fp32, tunesmith's defaults): dialogues packed into rows of
 256, 512, 1,024 and 2,048 tokens, 4,096 tokens a batch (16, 8, 4 and 2 rows), in parts of at most 1,024 tokens (a
 2,048-token row is a part alone) as train.batch_tokens auto does on a CPU; beside each, tunesmith's memory estimate
@@ -21,6 +23,8 @@ for that config.
 
     .venv/bin/python benchmarks/sft_levers.py          # about 45 minutes on 2 cores
     .venv/bin/python benchmarks/sft_levers.py --variants 4 6 7 8 --no-scaling   # those levers only (VARIANTS' order)
+    .venv/bin/python benchmarks/sft_levers.py --variants 7 17 --no-scaling --profile --steps 4 \
+        --out benchmarks/results/sft_profile.json       # where a LoRA and a full step's time goes
     .venv/bin/python benchmarks/sft_levers.py --no-levers --steps 4 --out benchmarks/results/sft_scaling.json
     .venv/bin/python benchmarks/sft_levers.py --no-levers --steps 3 --precision fp32 --modes lora \
         --out benchmarks/results/sft_scaling_fp32.json
@@ -55,7 +59,9 @@ VARIANTS = [
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1024, "held": False},
     {"precision": "bf16", "dropout": "none", "batch_tokens": 1024},
     {"precision": "bf16", "dropout": "cheaper", "batch_tokens": 1536},
+    {"mode": "full", "precision": "bf16", "batch_tokens": 1024},  # full fine-tuning at the defaults, for --profile
 ]
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")
 
 
 def bucketed(batch: dict, multiple: int, pad_id: int) -> dict:
@@ -115,10 +121,13 @@ def job(v: dict) -> dict:
     plan = order_batches(data.lengths, batch_size, 13, True)[: v["steps"] + 2]
     if len(plan) < v["steps"] + 2:
         raise SystemExit(f"{len(plan)} batches of {batch_size} x {length} tokens; {v['steps'] + 2} needed")
-    done, start = 0, None
+    done, start, prof = 0, None, None
     for step, idx in enumerate(plan):
         if step == 2:
             start, done = time.perf_counter(), 0
+            if v.get("profile"):
+                prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+                prof.__enter__()
         parts = [data.collate(p) for p in split_by_tokens(idx, data.lengths, v.get("batch_tokens") or 10**9)]
         if v.get("bucket"):  # unpacked rows only
             parts = [bucketed(b, v["bucket"], data.pad_id) for b in parts]
@@ -134,7 +143,33 @@ def job(v: dict) -> dict:
         if v.get("trim"):
             release_freed_memory()
         done += sum(b["tokens"] for b in parts)
-    return {"tokens_per_s": done / (time.perf_counter() - start), "loss_last": step_loss}
+    out = {"tokens_per_s": done / (time.perf_counter() - start), "loss_last": step_loss}
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        out["profile"] = op_profile(prof)
+    return out
+
+
+def op_profile(prof) -> dict:
+    """Where the timed steps' CPU time went (torch.profiler, so the rates above are slowed by it): each op's share of
+    all ops' self time (the top 20), and each matmul shape's share and rate. An autograd Function's own self time
+    holds what it runs outside torch's ops: the fused LoRA layers' numpy dropout masks."""
+    from collections import defaultdict
+
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]
+    by_shape: dict = defaultdict(lambda: [0, 0.0, 0.0])  # calls, seconds, flops
+    for e in prof.events():
+        if e.name in MATMULS and len(e.input_shapes) >= 2:
+            x, w = e.input_shapes[1:3] if e.name.startswith("aten::addmm") else e.input_shapes[:2]  # past the bias
+            got = by_shape[(e.name, x[-1], w[-1])]
+            got[0], got[1] = got[0] + 1, got[1] + e.self_cpu_time_total / 1e6
+            got[2] += 2 * x[-1] * w[-1] * (x[0] * x[1] if e.name == "aten::bmm" else x[0])
+    matmuls = [{"op": op, "k": k, "n": n, "calls": c, "flops": f, "share": round(sec / total * 1e6, 4),
+                "gflops": round(f / sec / 1e9, 1)}
+               for (op, k, n), (c, sec, f) in sorted(by_shape.items(), key=lambda kv: -kv[1][1])]  # fmt: skip
+    return {"self_cpu_share": {e.key: round(e.self_cpu_time_total / total, 4) for e in top}, "matmuls": matmuls[:25]}
 
 
 def estimate_mb(v: dict) -> float:
@@ -165,6 +200,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--variants", type=int, nargs="+", help="indices into VARIANTS; default all, then the chunked loss")
     ap.add_argument("--no-scaling", action="store_true", help="skip the sequence-length scaling table")
+    ap.add_argument("--profile", action="store_true", help="the levers' timed steps under torch.profiler")
     ap.add_argument("--no-levers", action="store_true", help="the scaling table only")
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="of the scaling table")
     ap.add_argument("--modes", nargs="+", choices=("lora", "full"), default=["lora", "full"], help="of the scaling")
@@ -177,7 +213,7 @@ def main() -> None:
         raise SystemExit(f"missing {data}: this benchmark needs ../shared/data/dialogsum (or --data DIR)")
     results = []
     for v in [] if a.no_levers else [VARIANTS[i] for i in a.variants] if a.variants else VARIANTS:
-        results.append(v | child(v | {"data": str(data), "steps": a.steps}))
+        results.append(v | child(v | {"data": str(data), "steps": a.steps, "profile": a.profile}))
         print(results[-1], flush=True)
     if not a.variants and not a.no_levers:
         fastest = max(results, key=lambda r: r["tokens_per_s"])

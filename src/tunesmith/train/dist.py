@@ -66,11 +66,7 @@ def start(device_type: str, timeout_s: float, sharded: bool = False) -> World:
         dist.init_process_group(
             backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, timeout=wait
         )
-        _group_of_one.append(True)
     return current()
-
-
-_group_of_one: list[bool] = []  # `start` made a group of one for FSDP: `close` takes it down
 
 
 def current() -> World:
@@ -171,13 +167,11 @@ def finish(world: World) -> None:
 def close(world: World) -> None:
     """The process group taken down by each rank as its part of the run ends, without waiting for the others (rank 0
     evaluates long after the others are done): not left to the interpreter's exit, where gloo's threads may still be
-    running and abort the process, and NCCL warns of (or hangs on) a group never destroyed. So does a group of one
-    that `start` made for FSDP in a single process (not one the caller made)."""
+    running and abort the process."""
     import torch.distributed as dist
 
-    if (world.size > 1 or _group_of_one) and dist.is_initialized():
+    if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
-    _group_of_one.clear()
 
 
 def shard(model: torch.nn.Module, world: World, device: torch.device, names: list[str] | None) -> torch.nn.Module:

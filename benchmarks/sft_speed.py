@@ -137,6 +137,7 @@ def tunesmith_job(job: dict) -> dict:
     path.write_text(yaml.safe_dump(cfg))
     run = api.train(path, quiet=True)
     estimate = footprint.estimate(load_config(path), AutoConfig.from_pretrained(model_dir(job)))
+    on_gpu = gpu_peak()
     logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logged if "loss" in r and "split" not in r]
     setup = next(r for r in logged if r.get("split") == "setup")
@@ -150,9 +151,9 @@ def tunesmith_job(job: dict) -> dict:
         "loss_last5_mean": sum(r["loss"] for r in steps[-5:]) / len(steps[-5:]),  # one batch's loss is noisy
         "setting": {"precision": setup["precision"], "precision_reason": setup["precision_reason"]},
         "timed_s": seconds,
-        "estimated_peak_mb": estimate.report() | ({"on_gpu_mb": round(estimate.on_gpu_mb)} if gpu_peak() else {}),
+        "estimated_peak_mb": estimate.report() | ({"on_gpu_mb": round(estimate.on_gpu_mb)} if on_gpu else {}),
         "scores": json.loads((run / "eval.json").read_text()).get("tuned"),
-    } | gpu_peak()
+    } | on_gpu
 
 
 def trl_job(job: dict) -> dict:

@@ -85,18 +85,21 @@ def estimate(cfg: RunConfig, config) -> Footprint:
     from tunesmith.lm.logprobs import CHUNK_ELEMENTS
     from tunesmith.models.attention import CAUSAL_UP_TO, EAGER_UP_TO
     from tunesmith.train.batches import token_budget
+    from tunesmith.train.frozen import held
     from tunesmith.train.precision import pick_device, pick_precision
 
     causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     s = _sizes(config)
     t = cfg.train
     device = pick_device(t.device)
-    low = pick_precision(t.precision, device)[0] != "fp32"
+    precision = pick_precision(t.precision, device)[0]
+    low = precision != "fp32"
+    method = methods.get(cfg.method)
     kind = "low" if low else "fp32"
     trained = _lora_params(s, cfg.lora.r) if cfg.lora else s["params"]
     tokens = t.batch_size * t.max_length
     budget = token_budget(t.batch_tokens, device.type)
-    if budget and "train.batch_tokens" in methods.get(cfg.method).options:  # the method runs a batch in parts
+    if budget and "train.batch_tokens" in method.options:  # the method runs a batch in parts
         tokens = min(tokens, max(budget, t.max_length))
     per_token = (ACTIVATION_FLOATS["hidden"] * s["d"] + ACTIVATION_FLOATS["mlp"] * s["f"]) * BYTES_PER_FLOAT[kind]
     if device.type == "cpu" and t.max_length <= (CAUSAL_UP_TO if causal else EAGER_UP_TO):  # as attention.py
@@ -104,8 +107,7 @@ def estimate(cfg: RunConfig, config) -> Footprint:
     # the LM head's logits, log-softmax and gradient, for at most every token, in chunks past CHUNK_ELEMENTS
     logits = 3 * min(tokens * s["vocab"], CHUNK_ELEMENTS) * 4 if causal else 0
     weights = s["params"] * 4
-    method = methods.get(cfg.method)
-    if cfg.lora and low and t.distributed.strategy == "ddp" and not method.samples_from_model:  # as the loop holds
+    if cfg.lora and held(precision, t.distributed.strategy, method.samples_from_model):
         weights -= s["linear"] * 2  # the frozen linear weights held in 16 bits
     elif low:
         weights += s["linear"] * 2  # autocast's 16-bit copies of the linear weights, kept for the backward

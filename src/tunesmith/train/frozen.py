@@ -27,6 +27,13 @@ from tunesmith.train.memory import release_freed_memory
 SPILL = "frozen_fp32.safetensors"
 
 
+def held(precision: str, strategy: str, samples_from_model: bool) -> bool:
+    """Whether the loop holds the frozen weights in 16 bits (and the memory estimate counts them so): under bf16 or
+    fp16, not where an engine shards them (FSDP, ZeRO), nor where the method generates with the model it trains
+    (RL), outside autocast, which would cast them back at every token."""
+    return precision != "fp32" and strategy == "ddp" and not samples_from_model
+
+
 def hold(model: torch.nn.Module, dtype: torch.dtype, folder: Path | None) -> Callable[[], None]:
     """Holds the frozen base weights of the model's LoRA layers in dtype; returns what puts them back."""
     layers = _frozen_bases(model)

@@ -156,9 +156,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, qu
     progress = Progress(total, quiet=quiet or not world.main, start=state.step)
     net.train()
     running, running_n, running_metrics = 0.0, 0, defaultdict(float)
-    # LoRA's frozen weights in bf16/fp16 (train/frozen.py), just before the try whose finally puts them back; not where
-    # an engine shards them or where the model also generates (RL), outside autocast, casting them back at every token
-    held = precision != "fp32" and not sharded and not task.samples_from_model
+    # LoRA's frozen weights in bf16/fp16 (train/frozen.py), just before the try whose finally puts them back
+    held = frozen.held(precision, strategy, task.samples_from_model)
     restore = frozen.hold(model, compute_dtype(precision), run_dir if world.main else None) if held else None
     clock = time.perf_counter()  # train_seconds: wall time of the loop (batching and checkpoints included)
     try:
